@@ -1,0 +1,45 @@
+# One target per check; CI (.ci/run) runs `make test`, which runs all of them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.cover-hpc-installed
+SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+
+.PHONY: venv demo test lint format typecheck unit clean-demo
+
+# The virtual environment: created or reused, reinstalled when a requirements file changes.
+# torch 2.13.0 resolves to the local CPU wheel where one is offered (pip's find-links) and to the
+# CUDA build from PyPI on a GPU cluster; requirements.txt pins everything else.
+$(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -e .
+	@# Any Python in the venv gets the torchvision hook, not only cover-hpc's own processes.
+	echo "import cover_hpc  # makes a CUDA-built torchvision importable on a CPU-only torch" \
+		> "$(SITE)/zz_cover_hpc_torchvision.pth"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The main job on the built-in defaults: tiny model + demo covers + configs/demo.yaml.
+demo: $(STAMP)
+	$(BIN)/cover-hpc demo
+
+test: lint typecheck unit
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check cover_hpc jobs tests
+	$(BIN)/ruff format --check cover_hpc jobs tests
+
+format: $(STAMP)
+	$(BIN)/ruff format cover_hpc jobs tests
+	$(BIN)/ruff check --fix cover_hpc jobs tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+clean-demo:
+	rm -rf demo experiments/demo

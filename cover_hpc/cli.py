@@ -1,0 +1,173 @@
+"""The ``cover-hpc`` command: argument parsing that calls the library, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cover_hpc.config import ExperimentSpec, SpecError, field_help, load_spec, to_dict
+from cover_hpc.paths import ExperimentPaths
+from cover_hpc.sweep import Run, expand
+
+DEMO_SPEC = Path("configs/demo.yaml")
+DEMO_DIR = Path("demo")
+
+
+def _offline() -> None:
+    """Never reach for the Hugging Face Hub unless the user asked for it."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def _format_value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+
+
+def render_plan(spec: ExperimentSpec, runs: Sequence[Run]) -> str:
+    """A table of the runs: id and swept values."""
+    keys = list(runs[0].swept) if runs else []
+    header = ["run_id", *keys]
+    rows = [[run.run_id, *(_format_value(run.swept[k]) for k in keys)] for run in runs]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+    folder = ExperimentPaths.of(spec.output_dir, spec.name).root
+    lines.append(f"\n{len(runs)} run{'s' if len(runs) != 1 else ''} of experiment '{spec.name}' in {folder}")
+    return "\n".join(lines)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec, args.overrides)
+    runs = expand(spec)
+    if args.json:
+        print(json.dumps([{"run_id": run.run_id, **to_dict(run.swept)} for run in runs], indent=2))
+    else:
+        print(render_plan(spec, runs))
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    for key, default, text in field_help():
+        if args.section and not key.startswith(f"{args.section}."):
+            continue
+        print(f"{key} = {default}\n    {text}")
+    return 0
+
+
+def cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    _offline()
+    from cover_hpc.demo.tiny_model import build_tiny_sdxl
+
+    folder = build_tiny_sdxl(args.dir, seed=args.seed)
+    print(f"tiny SDXL pipeline written to {folder}")
+    return 0
+
+
+def cmd_make_demo_data(args: argparse.Namespace) -> int:
+    from cover_hpc.demo.covers import make_demo_data
+
+    demo = make_demo_data(args.dir, num_books=args.num_books, extra_books=args.extra_books, seed=args.seed)
+    print(f"demo covers in {demo.root}: {demo.train} train, {demo.test} test, {demo.books} books in books.jsonl")
+    return 0
+
+
+def prepare_demo_assets(workdir: Path) -> tuple[Path, Path]:
+    """Build the tiny model and demo covers under ``workdir`` unless they are already there."""
+    from cover_hpc.demo.covers import make_demo_data
+    from cover_hpc.demo.tiny_model import build_tiny_sdxl
+
+    model_dir, data_dir = workdir / "tiny-sdxl", workdir / "data"
+    if not (model_dir / "model_index.json").is_file():
+        print(f"building the tiny SDXL model in {model_dir}", flush=True)
+        build_tiny_sdxl(model_dir)
+    if not (data_dir / "books.jsonl").is_file():
+        print(f"drawing the demo covers in {data_dir}", flush=True)
+        make_demo_data(data_dir)
+    return model_dir, data_dir
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    _offline()
+    prepare_demo_assets(DEMO_DIR)
+    spec = load_spec(args.spec, args.overrides)
+    print(render_plan(spec, expand(spec)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cover-hpc",
+        description="Fine-tune SDXL with LoRA for book covers, from a YAML spec to SLURM arrays.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    overrides_help = "dotted.key=value overrides, applied after the YAML file (e.g. optim.lr_unet=2e-4)"
+    plan = commands.add_parser(
+        "plan",
+        help="validate a spec and list its runs; submits nothing",
+        description="Validate a spec and print the runs it expands to.",
+    )
+    plan.add_argument("spec", type=Path, help="experiment spec (YAML)")
+    plan.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
+    plan.add_argument("--json", action="store_true", help="print a JSON list of {run_id, swept values}")
+    plan.set_defaults(func=cmd_plan)
+
+    keys = commands.add_parser(
+        "keys",
+        help="list every spec key with its default and meaning",
+        description="List every spec key with its default and meaning.",
+    )
+    keys.add_argument("section", nargs="?", help="only this section (model, data, lora, optim, ...)")
+    keys.set_defaults(func=cmd_keys)
+
+    tiny = commands.add_parser(
+        "make-tiny-model",
+        help="build the tiny random SDXL pipeline into DIR",
+        description="Build a tiny SDXL-structured pipeline with random weights.",
+    )
+    tiny.add_argument("dir", type=Path, help="output folder (loadable with StableDiffusionXLPipeline.from_pretrained)")
+    tiny.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    tiny.set_defaults(func=cmd_make_tiny_model)
+
+    data = commands.add_parser(
+        "make-demo-data",
+        help="draw the synthetic book-cover set into DIR",
+        description="Draw synthetic book covers in imagefolder layout.",
+    )
+    data.add_argument("dir", type=Path, help="output folder (train_set/, test_set/, books.jsonl)")
+    data.add_argument("--seed", type=int, default=42, help="seed of books, covers and split (default 42)")
+    data.add_argument("--num-books", type=int, default=64, help="books split into train and test (default 64)")
+    data.add_argument("--extra-books", type=int, default=8, help="unseen books added to books.jsonl (default 8)")
+    data.set_defaults(func=cmd_make_demo_data)
+
+    demo = commands.add_parser(
+        "demo",
+        help="build the tiny model and covers, then run the demo spec",
+        description="Build the tiny model and demo covers under ./demo and run the demo spec.",
+    )
+    demo.add_argument("--spec", type=Path, default=DEMO_SPEC, help=f"spec to run (default {DEMO_SPEC})")
+    demo.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SpecError as error:
+        print(f"cover-hpc: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Value checks of a built spec: ranges, sizes, cross-field rules and the sweep.
+
+Type checks happen while the spec is built (:mod:`cover_hpc.config`); this module checks what
+types cannot say. Every rule reports the dotted key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cover_hpc.config import (
+    LR_SCHEDULES,
+    SIZE_MULTIPLE,
+    ExperimentSpec,
+    Problem,
+)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: Keys a sweep may not vary: they name the experiment or the sweep itself.
+UNSWEEPABLE = ("name", "output_dir", "sweep")
+
+Rule = tuple[str, Callable[[Any], bool], str]
+
+
+def _rules(spec: ExperimentSpec) -> list[Rule]:
+    positive = (lambda v: v >= 1, "must be 1 or more")
+    non_negative = (lambda v: v >= 0, "must be 0 or more")
+    above_zero = (lambda v: v > 0, "must be greater than 0")
+    optional_positive = (lambda v: v is None or v >= 1, "must be 1 or more (or empty)")
+    rules: list[Rule] = [
+        ("name", lambda v: bool(_NAME_RE.match(v)), "must be letters, digits, '.', '_' or '-'"),
+        ("data.max_caption_tokens", *positive),
+        ("data.num_workers", *non_negative),
+        ("lora.rank", *positive),
+        ("lora.alpha", *above_zero),
+        ("lora.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+        ("lora.parts", lambda v: len(v) > 0, "must name at least one part to train"),
+        ("lora.parts", lambda v: len(set(v)) == len(v), "must not repeat a part"),
+        ("optim.lr_unet", *above_zero),
+        ("optim.lr_text_encoder", *above_zero),
+        ("optim.lr_text_encoder_2", *above_zero),
+        ("optim.weight_decay", *non_negative),
+        ("optim.betas", lambda v: all(0 <= b < 1 for b in v), "both betas must be in [0, 1)"),
+        ("optim.eps", *above_zero),
+        ("optim.max_grad_norm", *non_negative),
+        ("optim.schedule", lambda v: v in LR_SCHEDULES, f"must be one of {', '.join(LR_SCHEDULES)}"),
+        ("optim.warmup_steps", *non_negative),
+        ("train.batch_size", *positive),
+        ("train.epochs", *positive),
+        ("train.max_steps", *optional_positive),
+        ("train.grad_accum", *positive),
+        ("train.checkpoint_every", *positive),
+        ("train.checkpoints_kept", *positive),
+        ("train.min_snr_gamma", lambda v: v is None or v > 0, "must be greater than 0 (or empty)"),
+        ("train.noise_offset", *non_negative),
+        ("train.log_every", *positive),
+        ("distributed.zero_stage", lambda v: 0 <= v <= 3, "must be 0, 1, 2 or 3"),
+        ("validate.num_prompts", *positive),
+        ("validate.steps", *positive),
+        ("validate.guidance", *non_negative),
+        ("validate.batch_size", *positive),
+        ("infer.shards", *positive),
+        ("infer.steps", *positive),
+        ("infer.guidance", *non_negative),
+        ("infer.batch_size", *positive),
+        ("slurm.nodes", *positive),
+        ("slurm.gpus_per_node", *non_negative),
+        ("slurm.tasks_per_node", *optional_positive),
+        ("slurm.cpus_per_gpu", *positive),
+        ("slurm.mem_per_gpu_gb", *positive),
+        ("slurm.time_min", *positive),
+        ("slurm.signal_lead_s", *non_negative),
+        ("slurm.max_requeues", *non_negative),
+        ("slurm.array_parallelism", *positive),
+    ]
+    for part in ("unet", "text_encoder", "text_encoder_2"):
+        if part in spec.lora.parts:
+            rules.append((f"lora.{part}_targets", lambda v: len(v) > 0, f"must list modules ({part} is trained)"))
+    return rules
+
+
+def _get(spec: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        spec = getattr(spec, part)
+    return spec
+
+
+def _size_problems(key: str, size: tuple[int, int]) -> list[Problem]:
+    problems = []
+    for side, value in zip(("height", "width"), size, strict=True):
+        if value <= 0 or value % SIZE_MULTIPLE:
+            near = max(SIZE_MULTIPLE, round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+            problems.append(
+                Problem(
+                    key,
+                    f"{side} {value} is not a positive multiple of {SIZE_MULTIPLE} (the VAE's 8x "
+                    f"downsampling times 8 for the UNet); use {near}, e.g. [1152, 896].",
+                )
+            )
+    return problems
+
+
+def count_books(path: Path) -> int:
+    """Non-blank lines of a books JSONL file."""
+    with path.open(encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def value_problems(spec: ExperimentSpec) -> list[Problem]:
+    """Range and cross-field problems of one resolved spec (no line numbers yet)."""
+    problems: list[Problem] = []
+    for key, ok, expect in _rules(spec):
+        value = _get(spec, key)
+        if not ok(value):
+            problems.append(Problem(key, f"got {value!r}; {expect}."))
+    problems += _size_problems("data.size", spec.data.size)
+    problems += _size_problems("infer.size", spec.infer.size)
+    slurm = spec.slurm
+    if slurm.signal_lead_s >= slurm.time_min * 60:
+        problems.append(
+            Problem(
+                "slurm.signal_lead_s",
+                f"got {slurm.signal_lead_s}; must be shorter than slurm.time_min "
+                f"({slurm.time_min} min = {slurm.time_min * 60} s).",
+            )
+        )
+    if slurm.gpus_per_node > 0 and slurm.tasks_per_node not in (None, slurm.gpus_per_node):
+        problems.append(
+            Problem(
+                "slurm.tasks_per_node",
+                f"got {slurm.tasks_per_node}; with GPUs there is one process per GPU "
+                f"({slurm.gpus_per_node}): leave it empty.",
+            )
+        )
+    books = spec.infer.books_file
+    if books and Path(books).is_file():
+        count = count_books(Path(books))
+        if count == 0:
+            problems.append(Problem("infer.books_file", f"{books} holds no books; add JSONL lines."))
+        elif spec.infer.shards > count:
+            problems.append(
+                Problem(
+                    "infer.shards",
+                    f"got {spec.infer.shards}, more shards than the {count} books in {books}; use at most {count}.",
+                )
+            )
+    return problems
+
+
+def _sweep_problems(spec: ExperimentSpec) -> list[Problem]:
+    from cover_hpc.config import _Invalid, coerce, field_type
+
+    problems: list[Problem] = []
+    axes = [("grid", key, values) for key, values in spec.sweep.grid.items()]
+    axes += [("zip", key, values) for key, values in spec.sweep.zip.items()]
+    for kind, key, values in axes:
+        path = f"sweep.{kind}.{key}"
+        if key.split(".")[0] in UNSWEEPABLE:
+            problems.append(Problem(path, f"'{key}' cannot be swept; sweep a model, data or training key."))
+            continue
+        try:
+            tp = field_type(key)
+        except KeyError as error:
+            problems.append(Problem(path, f"sweeps an unknown key '{key}'. {error.args[0]}".rstrip()))
+            continue
+        if not isinstance(values, tuple):
+            problems.append(Problem(path, f"got {values!r}; give a list of values."))
+            continue
+        if not values:
+            problems.append(Problem(path, "is an empty list, so the sweep yields no runs; give at least one value."))
+            continue
+        for index, value in enumerate(values):
+            try:
+                coerce(value, tp)
+            except _Invalid as invalid:
+                problems.append(Problem(f"{path}[{index}]", f"got {value!r}; expected {invalid}."))
+    both = set(spec.sweep.grid) & set(spec.sweep.zip)
+    for key in sorted(both):
+        problems.append(Problem(f"sweep.zip.{key}", "is also a grid axis; keep it in one of grid or zip."))
+    lengths = {key: len(v) for key, v in spec.sweep.zip.items() if isinstance(v, tuple)}
+    if len(set(lengths.values())) > 1:
+        listed = ", ".join(f"{k} has {n}" for k, n in lengths.items())
+        problems.append(Problem("sweep.zip", f"zipped axes must have equal lengths: {listed}."))
+    return problems
+
+
+def spec_problems(spec: ExperimentSpec, lines: Mapping[str, int]) -> list[Problem]:
+    """Every problem of ``spec`` and of each run it expands to, located at its YAML line."""
+    problems = _sweep_problems(spec)
+    if problems:  # the runs cannot be built; still check the values outside the sweep
+        problems += value_problems(spec)
+    else:
+        from cover_hpc.sweep import expand_overrides, resolve
+
+        combos = expand_overrides(spec)
+        if not combos:
+            problems.append(Problem("sweep", "the sweep yields no runs; give every axis at least one value."))
+        seen: set[tuple[str, str]] = set()
+        for combo in combos:
+            label = ", ".join(f"{k}={v!r}" for k, v in combo.items())
+            for problem in value_problems(resolve(spec, combo)):
+                if (problem.key, problem.message) in seen:
+                    continue
+                seen.add((problem.key, problem.message))
+                if problem.key in combo:
+                    kind = "grid" if problem.key in spec.sweep.grid else "zip"
+                    message = f"in the run with {label}: {problem.key} {problem.message}"
+                    problems.append(Problem(f"sweep.{kind}.{problem.key}", message))
+                else:
+                    problems.append(problem)
+    return [
+        Problem(p.key, p.message, p.line or lines.get(p.key) or lines.get(p.key.split("[")[0]), p.origin)
+        for p in problems
+    ]
