@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cover_hpc.config import ExperimentSpec, SpecError, field_help, load_spec, to_dict
+from cover_hpc import env
+from cover_hpc.config import ExperimentSpec, Problem, SpecError, field_help, load_spec, to_dict
 from cover_hpc.paths import ExperimentPaths
 from cover_hpc.sweep import Run, expand
 
 DEMO_SPEC = Path("configs/demo.yaml")
 DEMO_DIR = Path("demo")
-
-
-def _offline() -> None:
-    """Never reach for the Hugging Face Hub unless the user asked for it."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def _format_value(value: Any) -> str:
@@ -63,7 +57,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
-    _offline()
+    env.set_offline_defaults()
     from cover_hpc.demo.tiny_model import build_tiny_sdxl
 
     folder = build_tiny_sdxl(args.dir, seed=args.seed)
@@ -95,11 +89,43 @@ def prepare_demo_assets(workdir: Path) -> tuple[Path, Path]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    _offline()
+    env.set_offline_defaults()
     prepare_demo_assets(DEMO_DIR)
     spec = load_spec(args.spec, args.overrides)
     print(render_plan(spec, expand(spec)))
     return 0
+
+
+def select_runs(runs: Sequence[Run], wanted: Sequence[str] | None) -> list[Run]:
+    if not wanted:
+        return list(runs)
+    by_id = {run.run_id: run for run in runs}
+    unknown = [w for w in wanted if w not in by_id]
+    if unknown:
+        raise SpecError([Problem("", f"no run {u!r} in this spec; runs: {', '.join(by_id)}") for u in unknown])
+    return [by_id[w] for w in wanted]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train runs in this process (or, under torchrun/srun, in every rank of it)."""
+    env.set_offline_defaults()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cover_hpc.data import DataError
+    from cover_hpc.runs import prepare_run
+    from cover_hpc.train import TrainingDiverged, train
+
+    spec = load_spec(args.spec, args.overrides)
+    status = 0
+    for run in select_runs(expand(spec), args.run):
+        paths = prepare_run(spec, run)
+        try:
+            result = train(run.spec, paths, stop_after=args.stop_after)
+        except (DataError, TrainingDiverged, FileNotFoundError) as error:
+            print(f"cover-hpc: run {run.run_id}: {error}", file=sys.stderr)
+            return 1
+        print(f"{run.run_id}: {result.status} at step {result.steps}/{result.total_steps}, loss {result.final_loss}")
+        status = max(status, 0 if result.status == "finished" else 3)
+    return status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--extra-books", type=int, default=8, help="unseen books added to books.jsonl (default 8)")
     data.set_defaults(func=cmd_make_demo_data)
 
+    train = commands.add_parser(
+        "train",
+        help="train runs of a spec here (one process, or each rank under torchrun/srun)",
+        description="Train the runs of a spec in this process, resuming from their newest complete checkpoint. "
+        "Exit status: 0 finished, 3 stopped on request (run again to resume), 1 failed, 2 bad spec.",
+    )
+    train.add_argument("spec", type=Path, help="experiment spec (YAML)")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
+    train.add_argument("--run", action="append", metavar="RUN_ID", help="train only this run (repeatable)")
+    train.add_argument("--stop-after", type=int, metavar="N", help="checkpoint and stop after step N, as a preemption would")
+    train.set_defaults(func=cmd_train)
+
     demo = commands.add_parser(
         "demo",
         help="build the tiny model and covers, then run the demo spec",
@@ -161,7 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops collecting positional overrides at the first option; take the rest too
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args))
     except SpecError as error:

@@ -57,7 +57,11 @@ def _rules(spec: ExperimentSpec) -> list[Rule]:
         ("train.min_snr_gamma", lambda v: v is None or v > 0, "must be greater than 0 (or empty)"),
         ("train.noise_offset", *non_negative),
         ("train.log_every", *positive),
-        ("distributed.zero_stage", lambda v: 0 <= v <= 3, "must be 0, 1, 2 or 3"),
+        (
+            "distributed.zero_stage",
+            lambda v: 0 <= v <= 2,
+            "must be 0, 1 or 2 (stage 3 would partition the frozen base weights, which LoRA saving here does not gather)",
+        ),
         ("validate.num_prompts", *positive),
         ("validate.steps", *positive),
         ("validate.guidance", *non_negative),

@@ -1,0 +1,209 @@
+"""SDXL parts, LoRA adapters on them, and the adapter files (diffusers and kohya formats).
+
+Saved weights go through ``StableDiffusionXLPipeline.save_lora_weights`` in the diffusers/PEFT
+key format only (the original mixed two formats, and ``load_lora_weights`` then silently dropped
+every attention adapter). :func:`verify_lora_file` loads a file back into a fresh pipeline and
+checks that every adapted module of every part came back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cover_hpc.config import LoraConfig, ModelConfig
+
+PARTS = ("unet", "text_encoder", "text_encoder_2")
+KOHYA_PREFIX = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
+
+
+@dataclass
+class SDXLParts:
+    """The pieces of an SDXL pipeline that training and sampling use."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    text_encoder_2: Any
+    tokenizer: Any
+    tokenizer_2: Any
+    scheduler_config: dict[str, Any]
+
+    def part(self, name: str) -> Any:
+        return getattr(self, name)
+
+
+def load_parts(model: ModelConfig) -> SDXLParts:
+    """Load the base model (a local folder or hub id) part by part, in fp32, frozen."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    common: dict[str, Any] = {"revision": model.revision}
+    weights = {**common, "variant": model.variant}
+    source = model.pretrained
+    try:
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **weights)
+        vae = (
+            AutoencoderKL.from_pretrained(model.vae, revision=model.revision)
+            if model.vae
+            else AutoencoderKL.from_pretrained(source, subfolder="vae", **weights)
+        )
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights)
+        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", **weights)
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common)
+        tokenizer_2 = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **common)
+        scheduler = EulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler", **common)
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(
+            f"cannot load the SDXL base model from model.pretrained={source!r}: {error}. Give a local "
+            "folder in diffusers layout (model_index.json, unet/, vae/, text_encoder/, ...) or a hub id "
+            "with network access (HF_HUB_OFFLINE=0)"
+        ) from None
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        module.requires_grad_(False)
+        module.float()
+    return SDXLParts(unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, dict(scheduler.config))
+
+
+def target_names(module: torch.nn.Module, targets: tuple[str, ...], skip: re.Pattern[str] | None = None) -> list[str]:
+    """Full names of the linear/conv modules whose names end with one of ``targets``."""
+    names = []
+    for name, child in module.named_modules():
+        if skip and skip.search(name):
+            continue
+        if any(name == t or name.endswith(f".{t}") for t in targets) and isinstance(
+            child, (torch.nn.Linear, torch.nn.Conv2d)
+        ):
+            names.append(name)
+    return names
+
+
+def adapter_config(config: LoraConfig, names: list[str]) -> Any:
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        init_lora_weights="gaussian" if config.init == "gaussian" else True,
+        target_modules=names,
+    )
+
+
+def add_adapters(parts: SDXLParts, config: LoraConfig, seed: int) -> dict[str, int]:
+    """Add LoRA to the trained parts; returns the adapted module count per part.
+
+    The first text encoder's last layer is left out: SDXL reads that encoder's penultimate
+    hidden state and never its pooled output, so an adapter there would get no gradient (and DDP
+    would need ``find_unused_parameters``).
+    """
+    torch.manual_seed(seed)  # same initial adapters on every rank and every run with this seed
+    counts = {}
+    for part in PARTS:
+        if part not in config.parts:
+            continue
+        module = parts.part(part)
+        targets = getattr(config, f"{part}_targets")
+        skip = None
+        if part == "text_encoder":  # transformers 5 has no text_model level in CLIPTextModel
+            skip = re.compile(rf"(^|\.)encoder\.layers\.{module.config.num_hidden_layers - 1}\.")
+        names = target_names(module, targets, skip)
+        if not names:
+            raise ValueError(f"lora.{part}_targets={list(targets)} match no module of the {part}")
+        module.add_adapter(adapter_config(config, names))
+        counts[part] = len(names)
+    return counts
+
+
+def lora_layers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter weights of a module with PEFT keys (``<module>.lora_A.weight``).
+
+    Deliberately not passed through diffusers' ``convert_state_dict_to_diffusers``: for the UNet
+    that rewrites attention keys to the legacy ``.lora.down.weight`` form, producing the
+    mixed-format file from which ``load_lora_weights`` drops every attention adapter.
+    """
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(module).items()}
+
+
+_METADATA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_dora", "use_rslora")
+
+
+def adapter_metadata(module: torch.nn.Module) -> dict[str, Any]:
+    """The LoRA config stored in the file, so that alpha != rank loads back right."""
+    config = module.peft_config["default"].to_dict()  # type: ignore[index, union-attr, operator]
+    return {k: (sorted(config[k]) if isinstance(config[k], set) else config[k]) for k in _METADATA_KEYS}
+
+
+def save_lora(folder: Path, parts: dict[str, torch.nn.Module]) -> Path:
+    """Write ``pytorch_lora_weights.safetensors`` for the adapted parts; returns its path."""
+    from diffusers import StableDiffusionXLPipeline
+
+    kwargs: dict[str, Any] = {}
+    for part, module in parts.items():
+        kwargs[f"{part}_lora_layers"] = lora_layers(module)
+        kwargs[f"{part}_lora_adapter_metadata"] = adapter_metadata(module)
+    folder.mkdir(parents=True, exist_ok=True)
+    StableDiffusionXLPipeline.save_lora_weights(str(folder), safe_serialization=True, **kwargs)
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+def adapted_modules(module: torch.nn.Module) -> set[str]:
+    """Names of the modules that carry a LoRA layer."""
+    return {name for name, child in module.named_modules() if hasattr(child, "lora_A") and len(child.lora_A) > 0}
+
+
+def verify_lora_file(pipeline: Any, weights: Path, expected: dict[str, set[str]]) -> None:
+    """Load ``weights`` into ``pipeline`` and check that every expected module got its adapter."""
+    pipeline.load_lora_weights(str(weights.parent), weight_name=weights.name, adapter_name="verify")
+    for part, names in expected.items():
+        got = adapted_modules(getattr(pipeline, part))
+        missing = names - got
+        if missing:
+            raise RuntimeError(
+                f"{weights}: {len(missing)} of {len(names)} {part} adapters did not load back "
+                f"(e.g. {sorted(missing)[:3]})"
+            )
+    pipeline.delete_adapters("verify")
+
+
+_KOHYA_SUFFIX = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight"}
+
+
+def export_kohya(diffusers_file: Path, out: Path) -> Path:
+    """Re-key a diffusers LoRA file for kohya-ss / ComfyUI: ``lora_unet_<module_path>.lora_down.weight``.
+
+    Module paths keep diffusers' names with dots turned into underscores (the form ComfyUI and
+    diffusers' own kohya converter both read); each module gets an ``.alpha`` tensor.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    converted: dict[str, torch.Tensor] = {}
+    alphas: dict[str, float] = {}
+    with safe_open(str(diffusers_file), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        adapter = json.loads(metadata.get("lora_adapter_metadata", "{}"))
+        for key in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
+            part, _, rest = key.partition(".")
+            match = re.fullmatch(r"(.+)\.(lora_A\.weight|lora_B\.weight)", rest)
+            if part not in KOHYA_PREFIX or not match:
+                raise ValueError(f"{diffusers_file}: unexpected key {key!r}")
+            module_path, suffix = match.groups()
+            if part != "unet" and not module_path.startswith("text_model."):
+                module_path = f"text_model.{module_path}"  # kohya names follow transformers 4's layout
+            name = f"{KOHYA_PREFIX[part]}_{module_path.replace('.', '_')}"
+            converted[f"{name}.{_KOHYA_SUFFIX[suffix]}"] = handle.get_tensor(key)
+            alpha = adapter.get(f"{part}.lora_alpha")
+            rank = adapter.get(f"{part}.r")
+            alphas[name] = float(alpha if alpha is not None else (rank or handle.get_tensor(key).shape[0]))
+    for name, alpha in alphas.items():
+        converted[f"{name}.alpha"] = torch.tensor(alpha)
+    save_file(converted, str(out), metadata={"ss_network_module": "networks.lora", "format": "pt"})
+    return out
