@@ -183,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("spec", type=Path, help="experiment spec (YAML)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
     train.add_argument("--run", action="append", metavar="RUN_ID", help="train only this run (repeatable)")
-    train.add_argument("--stop-after", type=int, metavar="N", help="checkpoint and stop after step N, as a preemption would")
+    train.add_argument(
+        "--stop-after", type=int, metavar="N", help="checkpoint and stop after step N, as a preemption would"
+    )
     train.set_defaults(func=cmd_train)
 
     demo = commands.add_parser(

@@ -88,7 +88,7 @@ def adapter_config(config: LoraConfig, names: list[str]) -> Any:
 
     return PeftLoraConfig(
         r=config.rank,
-        lora_alpha=config.alpha,
+        lora_alpha=int(config.alpha) if config.alpha.is_integer() else config.alpha,  # type: ignore[arg-type]
         lora_dropout=config.dropout,
         init_lora_weights="gaussian" if config.init == "gaussian" else True,
         target_modules=names,
@@ -103,7 +103,7 @@ def add_adapters(parts: SDXLParts, config: LoraConfig, seed: int) -> dict[str, i
     would need ``find_unused_parameters``).
     """
     torch.manual_seed(seed)  # same initial adapters on every rank and every run with this seed
-    counts = {}
+    counts: dict[str, int] = {}
     for part in PARTS:
         if part not in config.parts:
             continue
@@ -137,7 +137,7 @@ _METADATA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "
 
 def adapter_metadata(module: torch.nn.Module) -> dict[str, Any]:
     """The LoRA config stored in the file, so that alpha != rank loads back right."""
-    config = module.peft_config["default"].to_dict()  # type: ignore[index, union-attr, operator]
+    config = module.peft_config["default"].to_dict()  # type: ignore[index, union-attr]
     return {k: (sorted(config[k]) if isinstance(config[k], set) else config[k]) for k in _METADATA_KEYS}
 
 

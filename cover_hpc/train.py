@@ -131,10 +131,12 @@ def prepare_latents(
     """Fill the latent cache (each rank its share of what is missing); returns caches, usable samples, bad ones."""
     vae_hash = module_hash(vae)
     caches = {size: latent_cache(root, vae_hash, size) for size in {s.target_size for s in samples}}
-    todo = [s for s in samples if caches[s.target_size].missing([file_key(s.path)])]
-    mine = todo[dist.rank :: dist.world_size]
+    # Share the work by position in the sample list, never by what is missing: ranks look at
+    # the cache at different moments, and lists of "missing" would not partition the same way.
+    mine = [s for s in samples[dist.rank :: dist.world_size] if caches[s.target_size].missing([file_key(s.path)])]
     if dist.is_main:
-        log.info("latent cache %s: %d of %d images to encode", root, len(todo), len(samples))
+        todo = sum(1 for s in samples if caches[s.target_size].missing([file_key(s.path)]))
+        log.info("latent cache %s: %d of %d images to encode", root, todo, len(samples))
     vae.to(device)
     for sample in mine:  # one at a time: sizes differ per bucket and a bad file must not sink a batch
         cache, key = caches[sample.target_size], file_key(sample.path)
@@ -169,7 +171,7 @@ def prepare_text(
     identity = f"{max_tokens}|{dtype}|" + module_hash(parts.text_encoder) + module_hash(parts.text_encoder_2)
     cache = text_cache(root, module_hash(torch.nn.Identity(), identity))
     captions = sorted({s.caption for s in samples})
-    mine = [c for c in captions if not cache.has(text_key(c))][dist.rank :: dist.world_size]
+    mine = [c for c in captions[dist.rank :: dist.world_size] if not cache.has(text_key(c))]
     parts.text_encoder.to(device)
     parts.text_encoder_2.to(device)
     for start in range(0, len(mine), 8):
@@ -216,7 +218,7 @@ class SDXLLora(torch.nn.Module):
             prompt_embeds, pooled = encode_chunks(self.text_encoder, self.text_encoder_2, ids, ids_2)
         assert pooled is not None
         conditions = {"text_embeds": pooled, "time_ids": time_ids.to(pooled.dtype)}
-        return self.unet(noisy, timesteps, prompt_embeds, added_cond_kwargs=conditions).sample  # type: ignore[no-any-return]
+        return self.unet(noisy, timesteps, prompt_embeds, added_cond_kwargs=conditions).sample
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().float().cpu().contiguous() for name, p in self.named_parameters() if p.requires_grad}
@@ -358,7 +360,7 @@ def build(spec: ExperimentSpec, paths: RunPaths) -> Setup:
     )
     loader: DataLoader[dict[str, Any]] = DataLoader(
         TrainDataset(samples, latents, text),
-        batch_sampler=sampler,  # type: ignore[arg-type]
+        batch_sampler=sampler,
         collate_fn=Collate(parts.tokenizer, parts.tokenizer_2, spec.data.max_caption_tokens),
         num_workers=spec.data.num_workers,
         generator=torch.Generator().manual_seed(spec.train.seed),  # keeps iterators off the global RNG
@@ -396,7 +398,9 @@ def _register_lora_hooks(accelerator: Any, deepspeed: bool) -> None:
         expected = {name for name, p in bundle.named_parameters() if p.requires_grad}
         if set(state) != expected:
             missing, extra = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
-            raise RuntimeError(f"checkpoint {input_dir} does not match this run's adapters: missing {missing}, extra {extra}")
+            raise RuntimeError(
+                f"checkpoint {input_dir} does not match this run's adapters: missing {missing}, extra {extra}"
+            )
         with torch.no_grad():
             params = dict(bundle.named_parameters())
             for name, value in state.items():
@@ -537,7 +541,9 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_loop(setup: Setup, progress: checkpoint.Progress, stop_after: int | None) -> tuple[checkpoint.Progress, str, float | None]:
+def run_loop(
+    setup: Setup, progress: checkpoint.Progress, stop_after: int | None
+) -> tuple[checkpoint.Progress, str, float | None]:
     """Train until the last step or a stop request; returns the progress, status and last loss."""
     spec, accelerator, device = setup.spec, setup.accelerator, setup.accelerator.device
     metrics = Metrics(setup, progress.step)
@@ -584,9 +590,12 @@ def run_loop(setup: Setup, progress: checkpoint.Progress, stop_after: int | None
                 )
             loss_sum += last_loss
             now = time.perf_counter()
-            lrs = {group.get("name", str(i)): group["lr"] for i, group in enumerate(setup.lr_scheduler.optimizer.param_groups)}
-            metrics.log({"step": step, "epoch": epoch, "loss": last_loss, "lr": lrs,
-                         "samples_per_s": samples_per_step / max(now - step_started, 1e-9), "time": time.time()})  # fmt: skip
+            lrs = {
+                group.get("name", str(i)): group["lr"]
+                for i, group in enumerate(setup.lr_scheduler.optimizer.param_groups)
+            }
+            speed = samples_per_step / max(now - step_started, 1e-9)
+            metrics.log({"step": step, "epoch": epoch, "loss": last_loss, "lr": lrs, "samples_per_s": speed})
             step_started = now
             end_of_epoch = position >= setup.sampler.batches_per_rank
             here = checkpoint.Progress(
@@ -647,7 +656,10 @@ def train(spec: ExperimentSpec, paths: RunPaths, stop_after: int | None = None) 
         final_loss=last_loss,
         mean_loss=final.loss_sum / steps_done if steps_done else None,
         wall_time_s=final.elapsed_s,
-        samples_per_s=steps_done * spec.train.batch_size * spec.train.grad_accum * setup.dist.world_size
+        samples_per_s=steps_done
+        * spec.train.batch_size
+        * spec.train.grad_accum
+        * setup.dist.world_size
         / max(final.elapsed_s, 1e-9),
         peak_memory_mb=_peak_memory_mb(setup.accelerator.device),
         requeues=final.starts - 1,

@@ -60,7 +60,7 @@ def _rules(spec: ExperimentSpec) -> list[Rule]:
         (
             "distributed.zero_stage",
             lambda v: 0 <= v <= 2,
-            "must be 0, 1 or 2 (stage 3 would partition the frozen base weights, which LoRA saving here does not gather)",
+            "must be 0, 1 or 2 (stage 3 partitions the frozen base weights, which LoRA saving here does not gather)",
         ),
         ("validate.num_prompts", *positive),
         ("validate.steps", *positive),

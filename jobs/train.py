@@ -1,4 +1,8 @@
-"""Train one run: ``python jobs/train.py RUN_DIR [--stop-after N]`` (also under torchrun / srun)."""
+"""Train one run: ``python jobs/train.py RUN_DIR [--stop-after N]`` (also under torchrun / srun).
+
+Exits 0 when training finished or stopped on request (checkpointed; run again to resume), and
+non-zero on failure.
+"""
 
 import argparse
 import logging
@@ -15,7 +19,9 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = train_run(args.run_dir, stop_after=args.stop_after)
-    return 0 if result.status == "finished" else 3
+    # "stopped" is a clean exit too: the checkpoint is written and the next start resumes from it.
+    print(f"training {result.status} at step {result.steps}/{result.total_steps}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
