@@ -30,8 +30,9 @@ def module_hash(module: torch.nn.Module, extra: str = "") -> str:
     """Hash of a module's config and every parameter and buffer (its identity for the cache)."""
     digest = hashlib.sha256(extra.encode())
     config = getattr(module, "config", None)
-    if config is not None:
-        digest.update(json.dumps(dict(config), sort_keys=True, default=str).encode())
+    if config is not None:  # diffusers' FrozenDict or a transformers PretrainedConfig
+        settings = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())

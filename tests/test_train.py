@@ -260,3 +260,33 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path: Path, tiny_model_d
     assert result.returncode != 0
     assert "loss became" in result.stderr and "last good checkpoint" in result.stderr
     assert not (run / "train" / "train_result.json").exists()
+
+
+def test_training_options_run_together(tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path) -> None:
+    """bf16, gradient checkpointing, accumulation, v-prediction, min-SNR, noise offset and buckets."""
+    run = run_dir(
+        write_spec(
+            tmp_path, tiny_model_dir, demo_data_dir,
+            data={"buckets": True, "size": [128, 64]},
+            optim={"schedule": "cosine"},
+            train={"max_steps": 3, "batch_size": 2, "grad_accum": 2, "mixed_precision": "bf16",
+                   "gradient_checkpointing": True, "prediction_type": "v_prediction", "min_snr_gamma": 5.0,
+                   "noise_offset": 0.05},
+        )
+    )  # fmt: skip
+    train(run)
+    result = json.loads((run / "train" / "train_result.json").read_text())
+    assert result["status"] == "finished" and result["steps"] == 3
+    records = [json.loads(line) for line in (run / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < r["loss"] < 100 for r in records)
+    assert len({r["lr"]["unet"] for r in records}) == 3  # warm-up then cosine decay: a new rate each step
+    assert (run / "train" / "tensorboard").is_dir()
+
+
+def test_frozen_text_encoders_use_cached_embeddings(tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path) -> None:
+    run = run_dir(write_spec(tmp_path, tiny_model_dir, demo_data_dir, lora={"parts": ["unet"]}, train={"max_steps": 3}))
+    train(run)
+    entries = list((tmp_path / "cache" / "text").rglob("*.safetensors"))
+    assert len(entries) == 21  # one per distinct caption
+    keys = load_file(run / "train" / "pytorch_lora_weights.safetensors").keys()
+    assert keys and all(k.startswith("unet.") for k in keys)
