@@ -18,12 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from cover_hpc import atomic
+from cover_hpc.atomic import temporary_beside
 
 
 def module_hash(module: torch.nn.Module, extra: str = "") -> str:
@@ -49,8 +51,7 @@ def text_key(text: str) -> str:
 
 
 def write_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = temporary_beside(path)
     os.close(handle)
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, temporary)
@@ -83,12 +84,7 @@ class DiskCache:
         return json.loads(marker.read_text())["reason"] if marker.is_file() else None
 
     def mark_bad(self, key: str, reason: str) -> None:
-        marker = self.folder / f"{key}.bad.json"
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=marker.parent, suffix=".tmp")
-        with os.fdopen(handle, "w") as stream:
-            json.dump({"reason": reason}, stream)
-        os.replace(temporary, marker)
+        atomic.write_json(self.folder / f"{key}.bad.json", {"reason": reason})
 
     def missing(self, keys: Iterable[str]) -> list[str]:
         return [key for key in keys if not self.has(key) and self.bad_reason(key) is None]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from cover_hpc.sweep import Run, expand
 
 DEMO_SPEC = Path("configs/demo.yaml")
 DEMO_DIR = Path("demo")
+JOBS = Path(__file__).resolve().parent.parent / "jobs"
 
 
 def _format_value(value: Any) -> str:
@@ -76,23 +78,98 @@ def cmd_make_demo_data(args: argparse.Namespace) -> int:
 def prepare_demo_assets(workdir: Path) -> tuple[Path, Path]:
     """Build the tiny model and demo covers under ``workdir`` unless they are already there."""
     from cover_hpc.demo.covers import make_demo_data
+    from cover_hpc.demo.tiny_clip import build_tiny_transformers_clip
     from cover_hpc.demo.tiny_model import build_tiny_sdxl
 
-    model_dir, data_dir = workdir / "tiny-sdxl", workdir / "data"
+    model_dir, data_dir, clip_dir = workdir / "tiny-sdxl", workdir / "data", workdir / "tiny-clip"
     if not (model_dir / "model_index.json").is_file():
         print(f"building the tiny SDXL model in {model_dir}", flush=True)
         build_tiny_sdxl(model_dir)
     if not (data_dir / "books.jsonl").is_file():
         print(f"drawing the demo covers in {data_dir}", flush=True)
         make_demo_data(data_dir)
+    if not (clip_dir / "config.json").is_file():
+        print(f"building the tiny CLIP scorer in {clip_dir}", flush=True)
+        build_tiny_transformers_clip(clip_dir)
     return model_dir, data_dir
+
+
+def run_locally(spec: ExperimentSpec, runs: Sequence[Run]) -> Path:
+    """Every stage of every run, one after another in this process; returns the report path."""
+    from cover_hpc.infer import infer_shard
+    from cover_hpc.report import build_report
+    from cover_hpc.runs import prepare_run
+    from cover_hpc.validate import validate
+
+    for run in runs:
+        paths = prepare_run(spec, run)
+        print(f"[{run.run_id}] training", flush=True)
+        # training in its own process, as a cluster task would: accelerate's state is per process
+        subprocess.run([sys.executable, str(JOBS / "train.py"), str(paths.root)], check=True)
+        result = json.loads(paths.train_result.read_text())
+        print(f"[{run.run_id}] trained: {result['steps']} steps, final loss {result['final_loss']:.4f}", flush=True)
+        scores = validate(run.spec, paths)["scores"]
+        base = scores.get("base", {}).get("clip_score")
+        print(f"[{run.run_id}] validated: CLIP {scores['lora']['clip_score']:.2f} (base {base})", flush=True)
+        if run.spec.infer.books_file:
+            for shard in range(run.spec.infer.shards):
+                done = infer_shard(run.spec, paths, shard)
+                print(f"[{run.run_id}] inference shard {shard + 1}/{done.shards}: {done.generated} covers", flush=True)
+    return build_report(ExperimentPaths.of(spec.output_dir, spec.name).root)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     env.set_offline_defaults()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     prepare_demo_assets(DEMO_DIR)
     spec = load_spec(args.spec, args.overrides)
-    print(render_plan(spec, expand(spec)))
+    runs = expand(spec)
+    print(render_plan(spec, runs), flush=True)
+    report = run_locally(spec, runs)
+    print(f"report: {report}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    env.set_offline_defaults()
+    from cover_hpc.runs import prepare_run
+    from cover_hpc.validate import validate
+
+    spec = load_spec(args.spec, args.overrides)
+    for run in select_runs(expand(spec), args.run):
+        result = validate(run.spec, prepare_run(spec, run))
+        print(f"{run.run_id}: CLIP {result['scores']['lora']['clip_score']:.3f} over {result['num_prompts']} prompts")
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    env.set_offline_defaults()
+    from cover_hpc.infer import infer_shard
+    from cover_hpc.runs import prepare_run
+
+    spec = load_spec(args.spec, args.overrides)
+    for run in select_runs(expand(spec), args.run):
+        paths = prepare_run(spec, run)
+        shards = [args.shard] if args.shard is not None else range(run.spec.infer.shards)
+        for shard in shards:
+            result = infer_shard(run.spec, paths, shard)
+            print(f"{run.run_id} shard {shard}: {result.generated} generated, {result.skipped} already done")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cover_hpc.report import build_report
+
+    print(f"report: {build_report(args.experiment)}")
+    return 0
+
+
+def cmd_make_tiny_clip(args: argparse.Namespace) -> int:
+    env.set_offline_defaults()
+    from cover_hpc.demo.tiny_clip import build_tiny_open_clip, build_tiny_transformers_clip
+
+    build = build_tiny_open_clip if args.backend == "open_clip" else build_tiny_transformers_clip
+    print(f"tiny {args.backend} CLIP written to {build(args.dir, seed=args.seed)}")
     return 0
 
 
@@ -188,9 +265,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=cmd_train)
 
+    validate = commands.add_parser("validate", help="generate and CLIP-score held-out covers for trained runs",
+                                   description="Validate trained runs: covers for held-out books, CLIP-scored "
+                                   "against the base model; writes <run>/validate/validation.json.")  # fmt: skip
+    validate.add_argument("spec", type=Path, help="experiment spec (YAML)")
+    validate.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
+    validate.add_argument("--run", action="append", metavar="RUN_ID", help="only this run (repeatable)")
+    validate.set_defaults(func=cmd_validate)
+
+    infer = commands.add_parser("infer", help="generate covers for a books file with trained runs",
+                                description="Batch inference over infer.books_file, shard by shard.")  # fmt: skip
+    infer.add_argument("spec", type=Path, help="experiment spec (YAML)")
+    infer.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
+    infer.add_argument("--run", action="append", metavar="RUN_ID", help="only this run (repeatable)")
+    infer.add_argument("--shard", type=int, help="only this shard (default: all, one after another)")
+    infer.set_defaults(func=cmd_infer)
+
+    report = commands.add_parser("report", help="write the HTML report and markdown summary of an experiment",
+                                 description="Write <experiment>/report/index.html and summary.md.")  # fmt: skip
+    report.add_argument("experiment", type=Path, help="experiment folder (<output_dir>/<name>)")
+    report.set_defaults(func=cmd_report)
+
+    clip = commands.add_parser("make-tiny-clip", help="build a tiny random CLIP scorer into DIR",
+                               description="Build a tiny random CLIP model for the CLIP-score path.")  # fmt: skip
+    clip.add_argument("dir", type=Path, help="output folder")
+    clip.add_argument("--backend", choices=["transformers", "open_clip"], default="transformers")
+    clip.add_argument("--seed", type=int, default=3, help="weight seed (default 3)")
+    clip.set_defaults(func=cmd_make_tiny_clip)
+
     demo = commands.add_parser(
         "demo",
-        help="build the tiny model and covers, then run the demo spec",
+        help="build the tiny model and covers, then run the demo spec end to end",
         description="Build the tiny model and demo covers under ./demo and run the demo spec.",
     )
     demo.add_argument("--spec", type=Path, default=DEMO_SPEC, help=f"spec to run (default {DEMO_SPEC})")
@@ -212,6 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as error:
         print(f"cover-hpc: {error}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, ValueError) as error:  # bad input named by the stage: no traceback
+        print(f"cover-hpc: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -163,6 +163,8 @@ class ValidateConfig:
     batch_size: int = doc("Images per pipeline call.", 3)
     clip_model: str = doc("CLIP model (folder or hub id) for the score.", "openai/clip-vit-base-patch16")
     clip_backend: Literal["transformers", "open_clip"] = doc("Library that runs the CLIP model.", "transformers")
+    baseline: bool = doc("Also score the base model without the LoRA on the same prompts and seeds.", True)
+    precision: Literal["auto", "fp16", "bf16", "fp32"] = doc("Sampling dtype; auto = fp16 on GPU, fp32 on CPU.", "auto")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,6 +179,10 @@ class InferConfig:
     batch_size: int = doc("Images per pipeline call.", 1)
     seed: int = doc("Base seed; each book's seed is derived from it and the book id.", 0)
     negative_prompt: str = doc("Negative prompt for every image.", "")
+    scheduler: Literal["euler", "euler_a", "dpmpp_2m", "ddim"] = doc("Sampling scheduler.", "euler")
+    precision: Literal["auto", "fp16", "bf16", "fp32"] = doc("Sampling dtype; auto = fp16 on GPU, fp32 on CPU.", "auto")
+    compile: bool = doc("torch.compile the UNet (pays off over many images on a GPU).", False)
+    vae_tiling: bool = doc("Decode with VAE tiling (less memory at large sizes).", False)
 
 
 @dataclass(frozen=True, kw_only=True)

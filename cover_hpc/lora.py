@@ -159,6 +159,18 @@ def adapted_modules(module: torch.nn.Module) -> set[str]:
     return {name for name, child in module.named_modules() if hasattr(child, "lora_A") and len(child.lora_A) > 0}
 
 
+def expected_modules(weights: Path) -> dict[str, set[str]]:
+    """Per part, the module names a diffusers/PEFT LoRA file holds adapters for."""
+    from safetensors import safe_open
+
+    modules: dict[str, set[str]] = {}
+    with safe_open(str(weights), framework="pt") as handle:
+        for key in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
+            part, _, rest = key.partition(".")
+            modules.setdefault(part, set()).add(rest.rsplit(".lora_", 1)[0])
+    return modules
+
+
 def verify_lora_file(pipeline: Any, weights: Path, expected: dict[str, set[str]]) -> None:
     """Load ``weights`` into ``pipeline`` and check that every expected module got its adapter."""
     pipeline.load_lora_weights(str(weights.parent), weight_name=weights.name, adapter_name="verify")

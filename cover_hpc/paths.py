@@ -68,8 +68,31 @@ class RunPaths:
     def infer(self) -> Path:
         return self.root / "infer"
 
+    @property
+    def validate_images(self) -> Path:
+        return self.validate / "images"
+
+    @property
+    def infer_images(self) -> Path:
+        return self.infer / "images"
+
     def infer_manifest(self, shard: int | None = None) -> Path:
         return self.infer / ("manifest.jsonl" if shard is None else f"manifest-{shard}.jsonl")
+
+    def infer_shard_done(self, shard: int) -> Path:
+        return self.infer / f"shard-{shard}.json"
+
+    def error(self, stage: str) -> Path:
+        """Where a stage that failed leaves its error message (for status and the report)."""
+        return self.root / stage / "error.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def experiment(self) -> ExperimentPaths:
+        return ExperimentPaths(self.root.parent)
 
 
 @dataclass(frozen=True)
@@ -96,3 +119,21 @@ class ExperimentPaths:
 
     def run(self, run_id: str) -> RunPaths:
         return RunPaths(self.root / run_id)
+
+    def baseline(self, key: str) -> Path:
+        """Base-model validation images and scores, shared by every run with the same settings."""
+        return self.root / "baseline" / key
+
+    @property
+    def report_html(self) -> Path:
+        return self.report / "index.html"
+
+    @property
+    def report_summary(self) -> Path:
+        return self.report / "summary.md"
+
+    def run_dirs(self) -> list[RunPaths]:
+        """Runs that have a folder with a config, sorted by id."""
+        if not self.root.is_dir():
+            return []
+        return [RunPaths(p) for p in sorted(self.root.iterdir()) if (p / "config.json").is_file()]

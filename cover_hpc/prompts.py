@@ -11,9 +11,11 @@ captions the original model was trained on were.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -71,6 +73,42 @@ class Book:
         if self.prompt is not None:
             data["prompt"] = self.prompt
         return data
+
+
+@dataclass(frozen=True)
+class BooksFile:
+    """The books of a JSONL file, and what was wrong with the lines that were skipped."""
+
+    books: list[Book]
+    problems: list[str]
+
+
+def read_books(path: Path) -> BooksFile:
+    """Read a books JSONL file; a bad line is reported with its number and skipped, the rest kept."""
+    if not path.is_file():
+        raise FileNotFoundError(f"books file not found: {path} (infer.books_file or validate.prompts)")
+    books: list[Book] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            book = Book.from_json(json.loads(line))
+        except json.JSONDecodeError as error:
+            problems.append(f"{path}:{number}: not valid JSON ({error.msg}); line skipped")
+            continue
+        except ValueError as error:
+            problems.append(f"{path}:{number}: {error}; line skipped")
+            continue
+        if book.book_id in seen:
+            problems.append(f"{path}:{number}: duplicate id {book.book_id!r}; line skipped")
+            continue
+        seen.add(book.book_id)
+        books.append(book)
+    if not books:
+        raise ValueError(f"{path} holds no usable books" + (f": {problems[0]}" if problems else " (empty file)"))
+    return BooksFile(books, problems)
 
 
 def _plain(text: str) -> str:

@@ -1,0 +1,136 @@
+"""Sharded batch inference: covers for every book of a books file, one shard per array task.
+
+Shard ``k`` of ``n`` takes books ``k, k + n, k + 2n, ...`` of the file (disjoint; together they
+cover every book once). Each book's seed derives from ``infer.seed`` and its id, so a book gets
+the same cover whichever shard or batch it lands in. A book counts as done when its image and
+its manifest line exist, so a requeued shard generates only what is missing. The last shard to
+finish merges the manifests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cover_hpc import atomic, env
+from cover_hpc.config import ExperimentSpec
+from cover_hpc.paths import RunPaths
+from cover_hpc.prompts import Book, book_caption, read_books
+from cover_hpc.sampling import load_generator
+from cover_hpc.validate import safe_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    shard: int
+    shards: int
+    books: int
+    generated: int
+    skipped: int
+    seconds: float
+    problems: list[str]
+
+
+def book_seed(base: int, book_id: str) -> int:
+    return (base + int(hashlib.sha256(book_id.encode()).hexdigest()[:8], 16)) % 2**31
+
+
+def shard_of(books: list[Book], shard: int, shards: int) -> list[Book]:
+    return books[shard::shards]
+
+
+def image_name(book: Book) -> str:
+    return f"{safe_name(book.book_id)}.png"
+
+
+def done_books(manifest: Path, images: Path) -> dict[str, dict[str, Any]]:
+    """Manifest lines whose image is on disk, by book id."""
+    if not manifest.is_file():
+        return {}
+    done = {}
+    for line in manifest.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill mid-write: its book is generated again
+        if (images.parent / record["image"]).is_file():
+            done[record["book_id"]] = record
+    return done
+
+
+def infer_shard(spec: ExperimentSpec, paths: RunPaths, shard: int) -> ShardResult:
+    """Generate the covers of one shard; merge all manifests if this was the last shard to finish."""
+    env.set_offline_defaults()
+    config = spec.infer
+    if not config.books_file:
+        raise ValueError(
+            "infer.books_file is not set; give a JSONL of books (id, title, publisher, genres, description)"
+        )
+    if not 0 <= shard < config.shards:
+        raise ValueError(f"shard {shard} is outside 0..{config.shards - 1} (infer.shards={config.shards})")
+    books_file = read_books(Path(config.books_file))
+    for problem in books_file.problems:
+        log.warning(problem)
+    mine = shard_of(books_file.books, shard, config.shards)
+    manifest = paths.infer_manifest(shard)
+    paths.infer_images.mkdir(parents=True, exist_ok=True)
+    done = done_books(manifest, paths.infer_images)
+    todo = [book for book in mine if book.book_id not in done]
+    if done:  # rewrite the manifest without lines whose image was lost
+        atomic.write_text(manifest, "".join(json.dumps(r) + "\n" for r in done.values()))
+    seconds = 0.0
+    if todo:
+        generator = load_generator(
+            spec.model, paths.train, spec.data.max_caption_tokens, config.precision, config.scheduler,
+            config.compile, config.vae_tiling,
+        )  # fmt: skip
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start : start + config.batch_size]
+            prompts = [book_caption(b) for b in batch]
+            seeds = [book_seed(config.seed, b.book_id) for b in batch]
+            images, spent = generator.generate(
+                prompts, seeds, config.steps, config.guidance, config.size, config.negative_prompt
+            )
+            seconds += spent
+            with manifest.open("a") as handle:
+                for book, prompt, seed, image in zip(batch, prompts, seeds, images, strict=True):
+                    target = paths.infer_images / image_name(book)
+                    temporary = target.with_name(f".{target.name}.tmp.png")
+                    image.save(temporary)
+                    temporary.replace(target)
+                    record = {"book_id": book.book_id, "prompt": prompt, "seed": seed,
+                              "image": f"images/{target.name}", "seconds": spent / len(batch)}  # fmt: skip
+                    handle.write(json.dumps(record) + "\n")
+                    handle.flush()
+    result = ShardResult(
+        shard, config.shards, len(mine), len(todo), len(mine) - len(todo), seconds, books_file.problems
+    )
+    atomic.write_json(paths.infer_shard_done(shard), result.__dict__)
+    merge_manifests(paths, books_file.books, config.shards)
+    return result
+
+
+def merge_manifests(paths: RunPaths, books: list[Book], shards: int) -> Path | None:
+    """Write the merged manifest (in books-file order) once every shard has finished."""
+    if not all(paths.infer_shard_done(k).is_file() for k in range(shards)):
+        return None
+    records: dict[str, dict[str, Any]] = {}
+    for shard in range(shards):
+        records.update(done_books(paths.infer_manifest(shard), paths.infer_images))
+    ordered = [records[b.book_id] for b in books if b.book_id in records]
+    atomic.write_text(paths.infer_manifest(), "".join(json.dumps(r) + "\n" for r in ordered))
+    return paths.infer_manifest()
+
+
+def infer_run(run_dir: Path, shard: int) -> ShardResult:
+    """Run one inference shard of the run whose folder holds its resolved ``config.json``."""
+    from cover_hpc.runs import load_run_spec
+
+    paths = RunPaths(Path(run_dir).absolute())
+    return infer_shard(load_run_spec(paths), paths, shard)
