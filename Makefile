@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.cover-hpc-installed
 SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
-.PHONY: venv demo test lint format typecheck unit clean-demo
+.PHONY: venv system-deps demo test lint format typecheck unit clean-demo
 
 # The virtual environment: created or reused, reinstalled when a requirements file changes.
 # torch 2.13.0 resolves to the local CPU wheel where one is offered (pip's find-links) and to the
@@ -21,13 +21,27 @@ $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
+# Debian packages the tests use: headless Chromium for the report test. Installed when missing
+# and we are root (CI, a fresh dev machine); otherwise say what to install.
+SYSTEM_TOOLS := chromium chromedriver
+system-deps:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing Debian packages for:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+		else \
+			echo "missing:$$missing; install Debian's chromium and chromium-driver (as root: apt-get install chromium chromium-driver)"; exit 1; \
+		fi; \
+	fi
+
 # The main job on the built-in defaults: tiny model + demo covers + configs/demo.yaml.
 demo: $(STAMP)
 	$(BIN)/cover-hpc demo
 
 test: lint typecheck unit
 
-unit: $(STAMP)
+unit: $(STAMP) system-deps
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -1,0 +1,212 @@
+"""Validation, batch inference and the report, on the tiny model and tiny CLIP scorers, offline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from cover_hpc.config import ExperimentSpec, load_spec
+from cover_hpc.infer import infer_shard, shard_of
+from cover_hpc.paths import RunPaths
+from cover_hpc.prompts import read_books
+from cover_hpc.report import build_report
+from cover_hpc.runs import prepare_run
+from cover_hpc.sampling import MissingLoraError, load_generator
+from cover_hpc.sweep import expand
+from cover_hpc.validate import validate
+
+from .conftest import REPO
+
+pytestmark = [pytest.mark.tiny]
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, demo_data_dir: Path
+) -> tuple[ExperimentSpec, RunPaths]:
+    from cover_hpc.demo.tiny_clip import build_tiny_transformers_clip
+
+    tmp = tmp_path_factory.mktemp("stages")
+    clip = build_tiny_transformers_clip(tmp / "clip")
+    spec_file = tmp / "spec.yaml"
+    spec_file.write_text(json.dumps({
+        "name": "stages", "output_dir": str(tmp / "experiments"),
+        "model": {"pretrained": str(tiny_model_dir)},
+        "data": {"train_dir": str(demo_data_dir / "train_set"), "test_dir": str(demo_data_dir / "test_set"),
+                 "size": [64, 64], "num_workers": 0, "cache_dir": str(tmp / "cache")},
+        "lora": {"rank": 4, "alpha": 4},
+        "optim": {"lr_unet": 1e-2, "lr_text_encoder": 1e-2, "lr_text_encoder_2": 1e-2, "warmup_steps": 1},
+        "train": {"batch_size": 4, "max_steps": 8, "mixed_precision": "no", "checkpoint_every": 8},
+        "validate": {"num_prompts": 3, "steps": 4, "batch_size": 2, "clip_model": str(clip)},
+        "infer": {"books_file": str(demo_data_dir / "books.jsonl"), "shards": 3, "steps": 3, "size": [64, 64],
+                  "batch_size": 2},
+    }))  # fmt: skip
+    spec = load_spec(spec_file)
+    (run,) = expand(spec)
+    paths = prepare_run(spec, run)
+    subprocess.run([sys.executable, str(REPO / "jobs" / "train.py"), str(paths.root)], check=True,
+                   capture_output=True, timeout=600)  # fmt: skip
+    return run.spec, paths
+
+
+def image_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+
+
+def test_validation_is_deterministic_and_scores_both_models(trained: tuple[ExperimentSpec, RunPaths]) -> None:
+    spec, paths = trained
+    first = validate(spec, paths)
+    images = image_bytes(paths.validate_images)
+    assert len(images) == 3 and first["num_prompts"] == 3
+    shutil.rmtree(paths.validate_images)
+    paths.validation_result.unlink()
+    second = validate(spec, paths)
+    assert image_bytes(paths.validate_images) == images  # a seed per prompt: same images again
+    assert second["scores"] == first["scores"]
+    lora, base = first["scores"]["lora"], first["scores"]["base"]
+    assert 0 < lora["clip_score"] and 0 < base["clip_score"]
+    assert lora["clip_score"] != base["clip_score"]  # the LoRA changes the score
+    assert lora["clip_score_short"] is not None and lora["per_genre"]
+    base_images = image_bytes(Path(first["baseline_images"]))
+    assert set(base_images) == set(images) and all(base_images[k] != images[k] for k in images)
+    assert first["caption_tokens"]["metric_window"] == 77 and first["caption_tokens"]["truncated"] >= 1
+
+
+def test_text_encoder_adapters_are_used_in_validation(trained: tuple[ExperimentSpec, RunPaths], tmp_path: Path) -> None:
+    """Validation with a LoRA that has only text-encoder adapters must differ from the base model."""
+    spec, paths = trained
+    source = paths.lora_weights
+    with safe_open(str(source), framework="pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys() if k.startswith("text_encoder")}  # noqa: SIM118
+        metadata = handle.metadata()
+    only_text = RunPaths(paths.root.parent / "text-only")
+    only_text.train.mkdir(parents=True)
+    save_file(tensors, str(only_text.lora_weights), metadata=metadata)
+    lora_gen = load_generator(spec.model, only_text.train, spec.data.max_caption_tokens)
+    base_gen = load_generator(spec.model, None, spec.data.max_caption_tokens)
+    prompts = ['Book Cover - This book title is "dune". ' + "sand " * 90]
+    lora_embeds, _ = lora_gen.encode(prompts)
+    base_embeds, _ = base_gen.encode(prompts)
+    assert not torch.allclose(lora_embeds, base_embeds)  # every chunk goes through the adapted encoders
+    result = validate(spec, only_text)
+    base = image_bytes(Path(result["baseline_images"]))
+    assert image_bytes(only_text.validate_images) != base
+
+
+def test_open_clip_backend_scores_from_a_local_folder(tmp_path: Path, demo_data_dir: Path) -> None:
+    from PIL import Image
+
+    from cover_hpc.clip_score import load_scorer
+    from cover_hpc.demo.tiny_clip import build_tiny_open_clip
+
+    folder = build_tiny_open_clip(tmp_path / "open-clip")
+    scorer = load_scorer("open_clip", str(folder), torch.device("cpu"))
+    rows = [json.loads(line) for line in (demo_data_dir / "test_set" / "metadata.jsonl").read_text().splitlines()]
+    images = [Image.open(demo_data_dir / "test_set" / r["file_name"]).convert("RGB") for r in rows]
+    texts = [r["text"] for r in rows]
+    scores = scorer.scores(images, texts)
+    assert scores == scorer.scores(images, texts) and len(scores) == len(rows)
+    assert all(s >= 0 for s in scores) and any(s > 0 for s in scores)
+    assert all(t > 77 for t in scorer.tokens(texts))
+
+
+def test_shards_are_disjoint_and_cover_every_book(demo_data_dir: Path) -> None:
+    books = read_books(demo_data_dir / "books.jsonl").books
+    for shards in (1, 2, 3, len(books)):
+        parts = [shard_of(books, k, shards) for k in range(shards)]
+        ids = [b.book_id for part in parts for b in part]
+        assert sorted(ids) == sorted(b.book_id for b in books) and len(ids) == len(set(ids))
+
+
+def test_inference_shards_resume_and_merge(trained: tuple[ExperimentSpec, RunPaths]) -> None:
+    spec, paths = trained
+    books = read_books(Path(spec.infer.books_file or "")).books
+    results = [infer_shard(spec, paths, shard) for shard in range(3)]
+    assert sum(r.generated for r in results) == len(books) == 7
+    merged = [json.loads(line) for line in paths.infer_manifest().read_text().splitlines()]
+    assert [r["book_id"] for r in merged] == [b.book_id for b in books]
+    assert all((paths.infer / r["image"]).is_file() and r["seed"] >= 0 and r["seconds"] > 0 for r in merged)
+    # interrupt shard 0 "midway": one image lost, its manifest line cut short
+    manifest = paths.infer_manifest(0)
+    lines = manifest.read_text().splitlines()
+    lost = json.loads(lines[-1])
+    (paths.infer / lost["image"]).unlink()
+    manifest.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
+    kept = {line: (paths.infer / json.loads(line)["image"]).stat().st_mtime_ns for line in lines[:-1]}
+    again = infer_shard(spec, paths, 0)
+    assert (again.generated, again.skipped) == (1, len(lines) - 1)
+    assert all((paths.infer / json.loads(line)["image"]).stat().st_mtime_ns == t for line, t in kept.items())
+    assert len(paths.infer_manifest().read_text().splitlines()) == 7
+
+
+def test_books_file_problems(tmp_path: Path, trained: tuple[ExperimentSpec, RunPaths]) -> None:
+    books = tmp_path / "books.jsonl"
+    books.write_text('{"id": "a", "title": "One"}\n{broken\n{"title": "no id"}\n{"id": "a", "title": "dup"}\n'
+                     '{"id": "b", "prompt": "A raw prompt"}\n')  # fmt: skip
+    parsed = read_books(books)
+    assert [b.book_id for b in parsed.books] == ["a", "b"]
+    assert any(":2: not valid JSON" in p for p in parsed.problems)
+    assert any(":3: missing field 'id'" in p for p in parsed.problems)
+    assert any(":4: duplicate id 'a'" in p for p in parsed.problems)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="holds no usable books"):
+        read_books(empty)
+    spec, _ = trained
+    with pytest.raises(MissingLoraError, match="expected pytorch_lora_weights.safetensors in"):
+        load_generator(spec.model, tmp_path / "no-run" / "train", 525)
+
+
+def test_report_lists_runs_and_failures_and_renders_in_chromium(
+    trained: tuple[ExperimentSpec, RunPaths], tmp_path: Path
+) -> None:
+    spec, paths = trained
+    if not paths.validation_result.is_file():
+        validate(spec, paths)
+    failed = RunPaths(paths.root.parent / "broken-run")
+    failed.train.mkdir(parents=True)
+    failed.config.write_text(json.dumps({"run_id": "broken-run", "swept": {}}))
+    failed.error("train").write_text(json.dumps({"message": "loss became nan at step 3"}))
+    failed.logs.mkdir()
+    (failed.logs / "train.err").write_text("line\n" * 30 + "TrainingDiverged: loss became nan\n")
+    html_file = build_report(paths.root.parent)
+    summary = (paths.root.parent / "report" / "summary.md").read_text()
+    assert paths.root.name in summary and "broken-run" in summary and "## Failures" in summary
+    assert "TrainingDiverged: loss became nan" in summary
+    page = html_file.read_text()
+    assert "src='data:image" in page and "file://" not in page  # self-contained
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.fail("Debian's chromium and chromium-driver are needed for the report test (make test installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                 f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        browser.get(html_file.as_uri())
+        counts = browser.execute_script(
+            "const imgs = Array.from(document.images);"
+            "return [imgs.length, imgs.filter(i => i.complete && i.naturalWidth > 0).length,"
+            " document.querySelectorAll('#leaderboard tr').length, document.querySelectorAll('img.plot').length];"
+        )
+        browser.save_screenshot(str(tmp_path / "report.png"))
+    finally:
+        browser.quit()
+    images, loaded, rows, plots = counts
+    assert images >= 1 + 3 * 2 and loaded == images  # a loss plot plus LoRA and base covers, all decoded
+    assert rows == 1 + 2 and plots == 1
