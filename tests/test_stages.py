@@ -72,7 +72,7 @@ def test_validation_is_deterministic_and_scores_both_models(trained: tuple[Exper
     assert image_bytes(paths.validate_images) == images  # a seed per prompt: same images again
     assert second["scores"] == first["scores"]
     lora, base = first["scores"]["lora"], first["scores"]["base"]
-    assert 0 < lora["clip_score"] and 0 < base["clip_score"]
+    assert lora["clip_score"] > 0 and base["clip_score"] > 0
     assert lora["clip_score"] != base["clip_score"]  # the LoRA changes the score
     assert lora["clip_score_short"] is not None and lora["per_genre"]
     base_images = image_bytes(Path(first["baseline_images"]))
@@ -161,7 +161,7 @@ def test_books_file_problems(tmp_path: Path, trained: tuple[ExperimentSpec, RunP
     with pytest.raises(ValueError, match="holds no usable books"):
         read_books(empty)
     spec, _ = trained
-    with pytest.raises(MissingLoraError, match="expected pytorch_lora_weights.safetensors in"):
+    with pytest.raises(MissingLoraError, match=r"expected pytorch_lora_weights\.safetensors in"):
         load_generator(spec.model, tmp_path / "no-run" / "train", 525)
 
 
