@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +18,6 @@ from cover_hpc.sweep import Run, expand
 
 DEMO_SPEC = Path("configs/demo.yaml")
 DEMO_DIR = Path("demo")
-JOBS = Path(__file__).resolve().parent.parent / "jobs"
 
 
 def _format_value(value: Any) -> str:
@@ -94,30 +93,6 @@ def prepare_demo_assets(workdir: Path) -> tuple[Path, Path]:
     return model_dir, data_dir
 
 
-def run_locally(spec: ExperimentSpec, runs: Sequence[Run]) -> Path:
-    """Every stage of every run, one after another in this process; returns the report path."""
-    from cover_hpc.infer import infer_shard
-    from cover_hpc.report import build_report
-    from cover_hpc.runs import prepare_run
-    from cover_hpc.validate import validate
-
-    for run in runs:
-        paths = prepare_run(spec, run)
-        print(f"[{run.run_id}] training", flush=True)
-        # training in its own process, as a cluster task would: accelerate's state is per process
-        subprocess.run([sys.executable, str(JOBS / "train.py"), str(paths.root)], check=True)
-        result = json.loads(paths.train_result.read_text())
-        print(f"[{run.run_id}] trained: {result['steps']} steps, final loss {result['final_loss']:.4f}", flush=True)
-        scores = validate(run.spec, paths)["scores"]
-        base = scores.get("base", {}).get("clip_score")
-        print(f"[{run.run_id}] validated: CLIP {scores['lora']['clip_score']:.2f} (base {base})", flush=True)
-        if run.spec.infer.books_file:
-            for shard in range(run.spec.infer.shards):
-                done = infer_shard(run.spec, paths, shard)
-                print(f"[{run.run_id}] inference shard {shard + 1}/{done.shards}: {done.generated} covers", flush=True)
-    return build_report(ExperimentPaths.of(spec.output_dir, spec.name).root)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     env.set_offline_defaults()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -125,8 +100,95 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.overrides)
     runs = expand(spec)
     print(render_plan(spec, runs), flush=True)
-    report = run_locally(spec, runs)
-    print(f"report: {report}")
+    from cover_hpc.submit import submit
+
+    submit(spec, runs, executor="local")
+    return 0
+
+
+def default_executor() -> str:
+    import shutil
+
+    return "slurm" if shutil.which("sbatch") and os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf") else "local"
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    env.set_offline_defaults()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from cover_hpc.submit import SubmitError, render_dry_run, submit
+
+    spec = load_spec(args.spec, args.overrides)
+    runs = expand(spec)
+    executor = args.executor or default_executor()
+    try:
+        plan, submission = submit(spec, runs, executor=executor, profile=args.profile, dry_run=args.dry_run)
+    except SubmitError as error:
+        print(f"cover-hpc: {error}", file=sys.stderr)
+        return 1
+    if submission is None:
+        print(render_dry_run(plan))
+        return 0
+    todo = {run_id: stages for run_id, stages in plan.stages.items() if stages}
+    print(f"{len(todo)} of {len(runs)} runs had stages to {'submit' if executor == 'slurm' else 'run'}"
+          f" ({executor} executor); experiment folder {plan.exp.root}")  # fmt: skip
+    for run_id, jobs in submission.runs.items():
+        infer = ",".join(jobs.infer) or "-"
+        print(f"  {run_id}: train {jobs.train or '-'}  validate {jobs.validate or '-'}  infer {infer}")
+    if submission.report:
+        print(f"  report job {submission.report}")
+    if args.wait and executor == "slurm":
+        return wait_for(plan.exp.root)
+    return 0
+
+
+def wait_for(experiment: Path) -> int:
+    import time
+
+    from cover_hpc.paths import ExperimentPaths
+    from cover_hpc.submit import ACTIVE_STATES, job_states, read_state, status
+
+    exp = ExperimentPaths(experiment)
+    while True:
+        last = read_state(exp)["submissions"][-1]
+        ids = [j for jobs in last["runs"].values() for j in [jobs["train"], jobs["validate"], *jobs["infer"]] if j]
+        ids += [last["report"]] if last.get("report") else []
+        states = job_states(ids)
+        if not any(states.get(j) in ACTIVE_STATES for j in ids) and all(j in states for j in ids):
+            break
+        time.sleep(5)
+    rows = status(experiment)
+    failed = [
+        r["run_id"] for r in rows if "failed" in (r["stages"]["train"]["state"], r["stages"]["validate"]["state"])
+    ]
+    print(f"finished; {len(failed)} run(s) failed" + (f": {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from cover_hpc.submit import render_status, status
+
+    rows = status(args.experiment)
+    print(json.dumps(rows, indent=2) if args.json else render_status(rows))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from cover_hpc.submit import log_files
+
+    files = log_files(args.experiment, args.run, args.stage)
+    if not files:
+        print(f"cover-hpc: no {args.stage} logs for run {args.run} in {args.experiment}", file=sys.stderr)
+        return 1
+    for path in files:
+        print(f"==> {path} <==\n{path.read_text(errors='replace')}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from cover_hpc.submit import cancel
+
+    cancelled = cancel(args.experiment)
+    print(f"cancelled jobs {', '.join(cancelled)}" if cancelled else "nothing to cancel")
     return 0
 
 
@@ -264,6 +326,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--stop-after", type=int, metavar="N", help="checkpoint and stop after step N, as a preemption would"
     )
     train.set_defaults(func=cmd_train)
+
+    submit = commands.add_parser(
+        "submit",
+        help="queue every unfinished stage of every run (SLURM), or run them here (local, debug)",
+        description="Expand the spec and submit: a SLURM array for training, validation after each run, "
+        "sharded inference after that, a report at the end. Finished stages are skipped and runs with "
+        "queued or running jobs are left alone, so submitting again is safe.",
+    )
+    submit.add_argument("spec", type=Path, help="experiment spec (YAML)")
+    submit.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
+    submit.add_argument("--executor", choices=["slurm", "local", "debug"],
+                        help="slurm (default where sbatch answers), local (submitit's local executor, this machine), "
+                        "debug (in this process)")  # fmt: skip
+    submit.add_argument("--profile", help="cluster profile from slurm/profiles/NAME.yaml")
+    submit.add_argument("--dry-run", action="store_true", help="print the sbatch scripts and the graph; submit nothing")
+    submit.add_argument("--wait", action="store_true", help="wait until every job of this submission has ended")
+    submit.set_defaults(func=cmd_submit)
+
+    status = commands.add_parser("status", help="a table of the runs of a submitted experiment",
+                                 description="Per run: swept values, stage states, SLURM states, progress, loss, "
+                                 "CLIP score, requeues.")  # fmt: skip
+    status.add_argument("experiment", type=Path, help="experiment folder (<output_dir>/<name>)")
+    status.add_argument("--json", action="store_true", help="machine-readable (documented in the README)")
+    status.set_defaults(func=cmd_status)
+
+    logs = commands.add_parser("logs", help="print the job logs of one run's stage",
+                               description="Print the submitit logs of a run's stage.")  # fmt: skip
+    logs.add_argument("experiment", type=Path, help="experiment folder")
+    logs.add_argument("run", help="run id")
+    logs.add_argument("--stage", choices=["train", "validate", "infer"], default="train")
+    logs.set_defaults(func=cmd_logs)
+
+    cancel = commands.add_parser("cancel", help="cancel the queued and running jobs of an experiment",
+                                 description="scancel every job of the experiment's last submission.")  # fmt: skip
+    cancel.add_argument("experiment", type=Path, help="experiment folder")
+    cancel.set_defaults(func=cmd_cancel)
 
     validate = commands.add_parser("validate", help="generate and CLIP-score held-out covers for trained runs",
                                    description="Validate trained runs: covers for held-out books, CLIP-scored "

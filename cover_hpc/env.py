@@ -50,7 +50,8 @@ def free_port() -> int:
 
 
 def dist_env(environ: Mapping[str, str] | None = None) -> DistEnv:
-    """The distributed environment: torchrun's variables, else SLURM's (srun tasks), else one process."""
+    """The distributed environment: torchrun's variables, else submitit's local tasks', else SLURM's
+    (srun tasks), else one process."""
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return DistEnv(
@@ -60,6 +61,15 @@ def dist_env(environ: Mapping[str, str] | None = None) -> DistEnv:
             local_world_size=int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])),
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
             master_port=int(env.get("MASTER_PORT", "29500")),
+        )
+    if "SUBMITIT_LOCAL_GLOBALID" in env and int(env.get("SUBMITIT_LOCAL_NTASKS", "1")) > 1:
+        tasks = int(env["SUBMITIT_LOCAL_NTASKS"])
+        return DistEnv(
+            rank=int(env["SUBMITIT_LOCAL_GLOBALID"]),
+            world_size=tasks,
+            local_rank=int(env.get("SUBMITIT_LOCAL_LOCALID", "0")),
+            local_world_size=tasks,
+            master_port=20000 + int(env.get("SUBMITIT_LOCAL_JOB_ID", "0")) % 20000,
         )
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         job = int(env.get("SLURM_ARRAY_JOB_ID", env.get("SLURM_JOB_ID", "0")))

@@ -1,0 +1,638 @@
+"""Submission: the only module that imports submitit.
+
+One experiment becomes, per submission:
+
+    train      one SLURM array, a task per run (at most ``slurm.array_parallelism`` at once)
+    validate   per run, ``afterok`` on that run's array task
+    infer      per run, an array of ``infer.shards`` tasks, ``afterok`` on its validation
+    report     once, ``afterany`` on everything above
+
+Resources are written in user terms in the spec (nodes, GPUs per node, CPUs per GPU, memory
+per GPU, minutes) and translated to sbatch options here, in :func:`slurm_parameters` only.
+
+Preemption and time limits: SLURM sends USR2 ``slurm.signal_lead_s`` seconds before the kill.
+The training task's handler only sets :data:`cover_hpc.train.STOP`; the loop sees it at the next
+step, every rank takes part in the checkpoint, rank 0 requeues its own array task
+(``<array_id>_<task_id>``, never the whole array) and every rank waits to be ended by the
+requeue. The requeued task resumes from that checkpoint. (submitit's own handler would call
+``checkpoint()`` on rank 0 inside the signal handler, mid-step and without the other ranks; it
+is replaced for training.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cover_hpc import atomic
+from cover_hpc.config import ExperimentSpec, Problem, SlurmConfig, SpecError, to_dict
+from cover_hpc.paths import ExperimentPaths, RunPaths
+from cover_hpc.runs import prepare_run
+from cover_hpc.sweep import Run
+
+log = logging.getLogger(__name__)
+
+PROFILES = Path(__file__).resolve().parent.parent / "slurm" / "profiles"
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
+                 "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# What runs in the jobs
+
+
+def _slurm_env_cleaned() -> None:
+    """Submitting from inside a SLURM job: drop the job's variables so sbatch does not inherit them."""
+    for key in list(os.environ):
+        if key.startswith(("SLURM_", "SBATCH_", "SRUN_")) and key not in ("SLURM_CONF",):
+            del os.environ[key]
+
+
+@contextlib.contextmanager
+def recorded_failure(paths: RunPaths, stage: str) -> Iterator[None]:
+    """Leave ``<run>/<stage>/error.json`` when a stage fails (status and the report read it);
+    clear a stale one when it starts again."""
+    paths.error(stage).unlink(missing_ok=True)
+    try:
+        yield
+    except Exception as error:
+        atomic.write_json(paths.error(stage), {"message": f"{type(error).__name__}: {error}", "time": time.time()})
+        raise
+
+
+@dataclass
+class TrainTask:
+    """Train one run; on a stop signal checkpoint, requeue this array task, and wait to be ended."""
+
+    run_dir: str
+    workdir: str
+    max_requeues: int
+
+    def __call__(self) -> dict[str, Any]:
+        os.chdir(self.workdir)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from cover_hpc import train
+
+        signal.signal(signal.SIGUSR2, lambda signum, frame: train.STOP.set())  # only a flag
+        with recorded_failure(RunPaths(Path(self.run_dir)), "train"):
+            result = train.train_run(Path(self.run_dir))
+        if result.status == "finished":
+            return result.__dict__
+        return self._requeue_and_wait(result.steps)
+
+    def _requeue_and_wait(self, step: int) -> dict[str, Any]:
+        import submitit
+
+        environment = submitit.JobEnvironment()
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        if environment.global_rank == 0:
+            if restarts >= self.max_requeues:
+                raise RuntimeError(
+                    f"stopped at step {step} after {restarts} requeues (slurm.max_requeues={self.max_requeues}); "
+                    "submit the experiment again to continue from the checkpoint"
+                )
+            log.warning("checkpointed at step %d; requeueing %s (restart %d)", step, environment.job_id, restarts + 1)
+            subprocess.run(["scontrol", "requeue", environment.job_id], check=True, timeout=120)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # the requeue ends this job; do not exit first and fail it
+            time.sleep(1)
+        raise RuntimeError(f"requeue of {environment.job_id} did not end the job within 300 s")
+
+
+@dataclass
+class StageTask:
+    """Validation, one inference shard, or the report, run from the submission's directory."""
+
+    stage: str
+    target: str
+    workdir: str
+    shard: int = 0
+
+    def __call__(self) -> Any:
+        os.chdir(self.workdir)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if self.stage == "validate":
+            from cover_hpc.validate import validate_run
+
+            with recorded_failure(RunPaths(Path(self.target)), "validate"):
+                return validate_run(Path(self.target))["scores"]
+        if self.stage == "infer":
+            from cover_hpc.infer import infer_run
+
+            with recorded_failure(RunPaths(Path(self.target)), "infer"):
+                return infer_run(Path(self.target), self.shard).__dict__
+        from cover_hpc.report import build_report
+
+        return str(build_report(Path(self.target)))
+
+
+# --------------------------------------------------------------------------------------------
+# Resources
+
+
+def load_profile(name: str | None) -> dict[str, Any]:
+    if name is None:
+        return {}
+    path = PROFILES / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROFILES.glob("*.yaml"))
+        raise SpecError([Problem("--profile", f"unknown profile {name!r}; profiles in {PROFILES}: {', '.join(known)}")])
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or {}
+    allowed = {"partition", "account", "qos", "constraint", "setup"}
+    unknown = set(data) - allowed
+    if unknown:
+        raise SpecError([Problem(str(path), f"unknown keys {sorted(unknown)}; a profile may set {sorted(allowed)}")])
+    return data
+
+
+def with_profile(slurm: SlurmConfig, profile: dict[str, Any]) -> SlurmConfig:
+    """Profile values fill what the spec leaves empty."""
+    import dataclasses
+
+    changes: dict[str, Any] = {
+        k: (tuple(v) if k == "setup" else v) for k, v in profile.items() if not getattr(slurm, k)
+    }
+    return dataclasses.replace(slurm, **changes)
+
+
+def slurm_parameters(slurm: SlurmConfig, stage: str, name: str) -> dict[str, Any]:
+    """sbatch options (as submitit's SlurmExecutor names them) for one stage of a run."""
+    train = stage == "train"
+    gpus = slurm.gpus_per_node if train else min(slurm.gpus_per_node, 1)
+    tasks = (slurm.gpus_per_node or slurm.tasks_per_node or 1) if train else 1
+    params: dict[str, Any] = {
+        "job_name": name,
+        "nodes": slurm.nodes if train else 1,
+        "ntasks_per_node": tasks,
+        "cpus_per_task": slurm.cpus_per_gpu,
+        "time": slurm.time_min,
+        "signal_delay_s": slurm.signal_lead_s,
+        "array_parallelism": slurm.array_parallelism,
+        "setup": list(slurm.setup),
+        "additional_parameters": {"requeue": True},
+    }
+    if gpus:
+        params["gpus_per_node"] = gpus
+        params["mem_per_gpu"] = f"{slurm.mem_per_gpu_gb}G"
+    else:
+        params["mem"] = f"{slurm.mem_per_gpu_gb * tasks}G"
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(slurm, key):
+            params[key] = getattr(slurm, key)
+    return params
+
+
+def local_parameters(slurm: SlurmConfig, stage: str) -> dict[str, Any]:
+    tasks = (slurm.gpus_per_node or slurm.tasks_per_node or 1) if stage == "train" else 1
+    return {"timeout_min": slurm.time_min, "tasks_per_node": tasks, "nodes": 1,
+            "gpus_per_node": slurm.gpus_per_node if stage == "train" else min(slurm.gpus_per_node, 1),
+            "cpus_per_task": slurm.cpus_per_gpu}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Experiment state
+
+
+@dataclass
+class RunJobs:
+    train: str | None = None
+    validate: str | None = None
+    infer: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Submission:
+    time: float
+    executor: str
+    runs: dict[str, RunJobs]
+    report: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"time": self.time, "executor": self.executor, "report": self.report,
+                "runs": {k: v.__dict__ for k, v in self.runs.items()}}  # fmt: skip
+
+
+def read_state(exp: ExperimentPaths) -> dict[str, Any]:
+    if exp.state.is_file():
+        state: dict[str, Any] = json.loads(exp.state.read_text())
+        return state
+    return {"submissions": []}
+
+
+def write_state(exp: ExperimentPaths, spec: ExperimentSpec, runs: Sequence[Run], submission: Submission) -> None:
+    state = read_state(exp)
+    state["spec"] = to_dict(spec)
+    state["runs"] = [{"run_id": r.run_id, "swept": to_dict(r.swept)} for r in runs]
+    state["submissions"].append(submission.to_json())
+    atomic.write_json(exp.state, state)
+
+
+def stage_done(paths: RunPaths, stage: str, spec: ExperimentSpec) -> bool:
+    if stage == "train":
+        return paths.train_result.is_file()
+    if stage == "validate":
+        return paths.validation_result.is_file()
+    return not spec.infer.books_file or paths.infer_manifest().is_file()
+
+
+def job_states(job_ids: Sequence[str]) -> dict[str, str]:
+    """SLURM states of jobs (array tasks as ``A_T``), from squeue then sacct; missing ids are absent."""
+    ids = [j for j in job_ids if j and not j.startswith("local")]
+    if not ids:
+        return {}
+    states: dict[str, str] = {}
+    try:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        for line in out.stdout.splitlines():
+            job, _, state = line.partition("|")
+            states[job.strip()] = state.split()[0] if state else "UNKNOWN"
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(i.split("_")[0] for i in ids)],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        for line in out.stdout.splitlines():
+            job, _, state = line.partition("|")
+            states[job.strip()] = state.strip()
+    except (OSError, subprocess.SubprocessError) as error:
+        log.warning("cannot ask SLURM for job states: %s", error)
+    return states
+
+
+def active_jobs(exp: ExperimentPaths) -> dict[str, dict[str, str]]:
+    """Per run, the stages whose last submitted job is still queued or running."""
+    state = read_state(exp)
+    if not state["submissions"]:
+        return {}
+    last = state["submissions"][-1]
+    if last["executor"] != "slurm":
+        return {}
+    ids = [j for jobs in last["runs"].values() for j in [jobs["train"], jobs["validate"], *jobs["infer"]] if j]
+    states = job_states(ids)
+    active: dict[str, dict[str, str]] = {}
+    for run_id, jobs in last["runs"].items():
+        for stage, job in (("train", jobs["train"]), ("validate", jobs["validate"])):
+            if job and states.get(job) in ACTIVE_STATES:
+                active.setdefault(run_id, {})[stage] = job
+        if any(states.get(j) in ACTIVE_STATES for j in jobs["infer"]):
+            active.setdefault(run_id, {})["infer"] = jobs["infer"][0].split("_")[0]
+    return active
+
+
+# --------------------------------------------------------------------------------------------
+# Submitting
+
+
+class SubmitError(RuntimeError):
+    """A submission SLURM refused or that cannot start; nothing of it stays queued."""
+
+
+def preflight(spec: ExperimentSpec, runs: Sequence[Run]) -> None:
+    """Reject, before anything is queued, what would fail on the cluster anyway."""
+    problems = []
+    for run in runs:
+        data = run.spec.data
+        for key, folder in (("data.train_dir", data.train_dir), ("data.test_dir", data.test_dir)):
+            if key == "data.test_dir" and run.spec.validate.prompts != "test_set":
+                continue
+            if not Path(folder).is_dir():
+                problems.append(Problem(key, f"folder {folder!r} does not exist (relative to {os.getcwd()})"))
+        books = run.spec.infer.books_file
+        if books and not Path(books).is_file():
+            problems.append(Problem("infer.books_file", f"file {books!r} does not exist"))
+        model = run.spec.model.pretrained
+        looks_local = model.startswith((".", "/")) or Path(model).exists() or model.count("/") != 1
+        if looks_local and not (Path(model) / "model_index.json").is_file():
+            problems.append(
+                Problem("model.pretrained", f"{model!r} is not a diffusers pipeline folder (no model_index.json)")
+            )
+    unique = list({(p.key, p.message): p for p in problems}.values())
+    if unique:
+        raise SpecError(unique)
+
+
+def plan_stages(spec: ExperimentSpec, runs: Sequence[Run], exp: ExperimentPaths) -> dict[str, list[str]]:
+    """Per run, the stages to submit now: none for a run with queued/running jobs, else the unfinished ones."""
+    active = active_jobs(exp)
+    plan: dict[str, list[str]] = {}
+    for run in runs:
+        if run.run_id in active:
+            plan[run.run_id] = []
+            continue
+        paths = exp.run(run.run_id)
+        stages = [s for s in ("train", "validate", "infer") if not stage_done(paths, s, run.spec)]
+        plan[run.run_id] = [s for s in stages if s != "infer" or run.spec.infer.books_file]
+    return plan
+
+
+def _executor(kind: str, folder: Path) -> Any:
+    import submitit
+
+    if kind == "slurm":
+        return submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=0)
+    if kind == "local":
+        return submitit.LocalExecutor(folder=folder / "%j")
+    return submitit.DebugExecutor(folder=folder / "%j")
+
+
+def _submit(executor: Any, tasks: Sequence[Any]) -> list[Any]:
+    """Submit callables as one array (or one job); sbatch's refusal becomes a SubmitError."""
+    import submitit
+
+    try:
+        if len(tasks) == 1:
+            return [executor.submit(tasks[0])]
+        with executor.batch():
+            jobs = [executor.submit(task) for task in tasks]
+        return jobs
+    except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError, OSError) as error:
+        detail = getattr(error, "stderr", None) or getattr(error, "output", None) or str(error)
+        if isinstance(detail, bytes):
+            detail = detail.decode(errors="replace")
+        raise SubmitError(f"SLURM refused the submission: {str(detail).strip()}") from None
+
+
+@dataclass
+class Plan:
+    """What one submission will queue, with every job's options (for --dry-run and for submitting)."""
+
+    spec: ExperimentSpec
+    runs: list[Run]
+    stages: dict[str, list[str]]
+    workdir: str
+    exp: ExperimentPaths
+    profile: dict[str, Any]
+
+    def params(self, slurm: SlurmConfig, stage: str) -> dict[str, Any]:
+        """sbatch options of a stage: the run's resources, the profile's cluster settings."""
+        return slurm_parameters(with_profile(slurm, self.profile), stage, f"{self.spec.name}-{stage}")
+
+    def tasks(self, stage: str, run: Run) -> list[Any]:
+        run_dir = str(self.exp.run(run.run_id).root)
+        if stage == "train":
+            return [TrainTask(run_dir, self.workdir, run.spec.slurm.max_requeues)]
+        if stage == "validate":
+            return [StageTask("validate", run_dir, self.workdir)]
+        return [StageTask("infer", run_dir, self.workdir, k) for k in range(run.spec.infer.shards)]
+
+
+def make_plan(spec: ExperimentSpec, runs: Sequence[Run], profile: str | None) -> Plan:
+    exp = ExperimentPaths.of(spec.output_dir, spec.name)
+    return Plan(spec, list(runs), plan_stages(spec, runs, exp), os.getcwd(), exp, load_profile(profile))
+
+
+def _run_slurm(plan: Plan) -> Submission:
+    """Queue the DAG; if any sbatch fails, cancel what this submission queued and raise."""
+    submitted: list[str] = []
+    jobs: dict[str, RunJobs] = {}
+    try:
+        train_runs = [r for r in plan.runs if "train" in plan.stages[r.run_id]]
+        if train_runs:
+            executor = _executor("slurm", plan.exp.logs)
+            executor.update_parameters(**plan.params(train_runs[0].spec.slurm, "train"))
+            for run, job in zip(
+                train_runs, _submit(executor, [plan.tasks("train", r)[0] for r in train_runs]), strict=True
+            ):
+                jobs.setdefault(run.run_id, RunJobs()).train = job.job_id
+                submitted.append(job.job_id)
+        for run in plan.runs:
+            stages = plan.stages[run.run_id]
+            entry = jobs.setdefault(run.run_id, RunJobs())
+            previous = entry.train
+            for stage in ("validate", "infer"):
+                if stage not in stages:
+                    continue
+                executor = _executor("slurm", plan.exp.logs)
+                params = plan.params(run.spec.slurm, stage)
+                if previous:
+                    params["additional_parameters"] = {"requeue": True, "dependency": f"afterok:{previous}"}
+                executor.update_parameters(**params)
+                stage_jobs = _submit(executor, plan.tasks(stage, run))
+                submitted += [j.job_id for j in stage_jobs]
+                if stage == "validate":
+                    entry.validate = previous = stage_jobs[0].job_id
+                else:
+                    entry.infer = [j.job_id for j in stage_jobs]
+        report = None
+        executor = _executor("slurm", plan.exp.logs)
+        params = plan.params(plan.spec.slurm, "report")
+        if submitted:
+            params["additional_parameters"] = {"requeue": True, "dependency": "afterany:" + ":".join(submitted)}
+        executor.update_parameters(**params)
+        (report_job,) = _submit(executor, [StageTask("report", str(plan.exp.root), plan.workdir)])
+        report = report_job.job_id
+    except BaseException:
+        if submitted:
+            subprocess.run(["scancel", *{j.split("_")[0] for j in submitted}], check=False, timeout=60)
+        raise
+    return Submission(time.time(), "slurm", jobs, report)
+
+
+def _wait(jobs: Sequence[Any]) -> list[bool]:
+    ok = []
+    for job in jobs:
+        try:
+            job.result()
+            ok.append(True)
+        except Exception as error:  # a failed stage is reported, the others go on
+            log.error("job %s failed: %s", job.job_id, str(error).strip().splitlines()[-1] if str(error) else error)
+            ok.append(False)
+    return ok
+
+
+def _run_local(plan: Plan, kind: str) -> Submission:
+    """The same DAG with submitit's local (or in-process debug) executor, one job at a time:
+    on one machine, concurrent CPU jobs only fight over the same cores."""
+    jobs: dict[str, RunJobs] = {r.run_id: RunJobs() for r in plan.runs}
+    ready = {r.run_id: True for r in plan.runs}
+    for stage in ("train", "validate", "infer"):
+        for run in [r for r in plan.runs if stage in plan.stages[r.run_id] and ready[r.run_id]]:
+            executor = _executor(kind, plan.exp.logs)
+            if kind == "local":
+                executor.update_parameters(**local_parameters(run.spec.slurm, stage))
+            for task in plan.tasks(stage, run):
+                started = time.perf_counter()
+                job = executor.submit(task)
+                (ok,) = _wait([job])
+                entry = jobs[run.run_id]
+                if stage == "infer":
+                    entry.infer.append(str(job.job_id))
+                else:
+                    setattr(entry, stage, str(job.job_id))
+                ready[run.run_id] = ready[run.run_id] and ok
+                label = f"{stage} shard {task.shard}" if stage == "infer" else stage
+                print(f"[{run.run_id}] {label} {'done' if ok else 'FAILED'} ({time.perf_counter() - started:.0f} s)",
+                      flush=True)  # fmt: skip
+    from cover_hpc.report import build_report
+
+    print(f"report: {build_report(plan.exp.root)}", flush=True)
+    return Submission(time.time(), kind, jobs, None)
+
+
+def submit(
+    spec: ExperimentSpec, runs: Sequence[Run], executor: str = "slurm", profile: str | None = None,
+    dry_run: bool = False,
+) -> tuple[Plan, Submission | None]:  # fmt: skip
+    """Queue (slurm) or run (local, debug) every unfinished stage of every run; see the module docstring."""
+    _slurm_env_cleaned()
+    plan = make_plan(spec, runs, profile)
+    preflight(spec, [r for r in runs if plan.stages[r.run_id]])
+    if dry_run:
+        return plan, None
+    for run in runs:
+        prepare_run(spec, run)
+    plan.exp.logs.mkdir(parents=True, exist_ok=True)
+    submission = _run_slurm(plan) if executor == "slurm" else _run_local(plan, executor)
+    write_state(plan.exp, spec, runs, submission)
+    return plan, submission
+
+
+def render_dry_run(plan: Plan) -> str:
+    """The sbatch script of every job this submission would queue, and the dependency graph."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    lines = ["# dependency graph"]
+    scripts = []
+    for run in plan.runs:
+        stages = plan.stages[run.run_id]
+        if not stages:
+            lines.append(f"{run.run_id}: nothing to submit (done, or queued/running)")
+            continue
+        chain = " -> ".join(f"{s}[{run.spec.infer.shards}]" if s == "infer" else s for s in stages)
+        lines.append(f"{run.run_id}: {chain}  (afterok between stages)")
+        for stage in stages:
+            params = plan.params(run.spec.slurm, stage)
+            count = len(plan.runs) if stage == "train" else (run.spec.infer.shards if stage == "infer" else 1)
+            if count > 1:
+                params["map_count"] = count
+            script = _make_sbatch_string(command="python -u -m submitit.core._submit <folder>",
+                                         folder=str(plan.exp.logs / "%j"), **params)  # fmt: skip
+            scripts.append(f"# ---- {run.run_id} {stage}\n{script}")
+            if stage == "train" and count > 1:
+                break
+    lines.append("report: afterany on every job above")
+    return "\n".join([*lines, "", *scripts])
+
+
+# --------------------------------------------------------------------------------------------
+# Watching
+
+
+def _last_metrics(paths: RunPaths) -> tuple[int | None, float | None]:
+    if not paths.metrics.is_file():
+        return None, None
+    lines = paths.metrics.read_text().splitlines()
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+            return int(record["step"]), float(record["loss"])
+        except (json.JSONDecodeError, KeyError, ValueError):
+            continue
+    return None, None
+
+
+def _stage_state(paths: RunPaths, slurm_states: dict[str, str], stage: str, done: bool, job: str | None) -> str:
+    if done:
+        return "done"
+    if paths.error(stage).is_file():
+        return "failed"
+    return slurm_states.get(job or "", "not submitted" if not job else "unknown").lower()
+
+
+def status(experiment_dir: Path) -> list[dict[str, Any]]:
+    """Per run: swept values, each stage's state, SLURM states, progress, loss, CLIP score, requeues, paths."""
+    exp = ExperimentPaths(Path(experiment_dir).absolute())
+    state = read_state(exp)
+    if not state.get("runs"):
+        raise FileNotFoundError(f"{exp.state} not found or empty: was this experiment submitted?")
+    last = state["submissions"][-1] if state["submissions"] else {"runs": {}, "executor": None, "report": None}
+    ids = [j for jobs in last["runs"].values() for j in [jobs["train"], jobs["validate"], *jobs["infer"]] if j]
+    slurm_states = job_states(ids) if last["executor"] == "slurm" else {}
+    rows = []
+    for entry in state["runs"]:
+        run_id = entry["run_id"]
+        paths = exp.run(run_id)
+        jobs = last["runs"].get(run_id, {"train": None, "validate": None, "infer": []})
+        train_result = json.loads(paths.train_result.read_text()) if paths.train_result.is_file() else None
+        validation = json.loads(paths.validation_result.read_text()) if paths.validation_result.is_file() else None
+        step, loss = _last_metrics(paths)
+        progress = None
+        checkpoints = sorted(paths.checkpoints.glob("step-*/progress.json")) if paths.checkpoints.is_dir() else []
+        if checkpoints:
+            progress = json.loads(checkpoints[-1].read_text())
+
+        infer_done = paths.infer_manifest().is_file()
+        infer_states = ",".join(sorted({slurm_states.get(j, "") for j in jobs["infer"]} - {""})).lower()
+        train_state = _stage_state(paths, slurm_states, "train", train_result is not None, jobs["train"])
+        validate_state = _stage_state(paths, slurm_states, "validate", validation is not None, jobs["validate"])
+        rows.append({
+            "run_id": run_id,
+            "swept": entry["swept"],
+            "stages": {
+                "train": {"state": train_state, "job": jobs["train"]},
+                "validate": {"state": validate_state, "job": jobs["validate"]},
+                "infer": {"state": "done" if infer_done else (infer_states or "not submitted"), "jobs": jobs["infer"]},
+            },
+            "step": (train_result or {}).get("steps", step),
+            "total_steps": (train_result or {}).get("total_steps"),
+            "last_loss": loss,
+            "clip_score": validation["scores"]["lora"]["clip_score"] if validation else None,
+            "requeues": (train_result or {}).get("requeues", (progress or {}).get("starts", 1) - 1),
+            "lora": str(paths.lora_weights) if paths.lora_weights.is_file() else None,
+            "validation": str(paths.validation_result) if validation else None,
+            "manifest": str(paths.infer_manifest()) if infer_done else None,
+            "report": str(exp.report_html) if exp.report_html.is_file() else None,
+        })  # fmt: skip
+    return rows
+
+
+def render_status(rows: Sequence[dict[str, Any]]) -> str:
+    keys = sorted({k for r in rows for k in r["swept"]})
+    header = ["run_id", *keys, "train", "validate", "infer", "step", "loss", "CLIP", "requeues"]
+    table = [header]
+    for r in rows:
+        loss = "" if r["last_loss"] is None else f"{r['last_loss']:.4f}"
+        clip = "" if r["clip_score"] is None else f"{r['clip_score']:.2f}"
+        step = f"{r['step'] or 0}/{r['total_steps'] or '?'}"
+        table.append([r["run_id"], *(str(r["swept"].get(k, "")) for k in keys), r["stages"]["train"]["state"],
+                      r["stages"]["validate"]["state"], r["stages"]["infer"]["state"], step, loss, clip,
+                      str(r["requeues"])])  # fmt: skip
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table)
+
+
+def log_files(experiment_dir: Path, run_id: str, stage: str) -> list[Path]:
+    exp = ExperimentPaths(Path(experiment_dir).absolute())
+    state = read_state(exp)
+    for submission in reversed(state["submissions"]):
+        jobs = submission["runs"].get(run_id)
+        if not jobs:
+            continue
+        ids = jobs["infer"] if stage == "infer" else [jobs[stage]]
+        found = [p for job in ids if job for p in sorted(exp.logs.glob(f"*/{job}_*_log.*"))]
+        if found:
+            return found
+    return []
+
+
+def cancel(experiment_dir: Path) -> list[str]:
+    exp = ExperimentPaths(Path(experiment_dir).absolute())
+    state = read_state(exp)
+    if not state["submissions"] or state["submissions"][-1]["executor"] != "slurm":
+        return []
+    last = state["submissions"][-1]
+    ids = [j for jobs in last["runs"].values() for j in [jobs["train"], jobs["validate"], *jobs["infer"]] if j]
+    ids += [last["report"]] if last.get("report") else []
+    arrays = sorted({j.split("_")[0] for j in ids})
+    if arrays:
+        subprocess.run(["scancel", *arrays], check=False, timeout=60)
+    return arrays
