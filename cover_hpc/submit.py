@@ -496,12 +496,24 @@ def submit(
     return plan, submission
 
 
-def render_dry_run(plan: Plan) -> str:
-    """The sbatch script of every job this submission would queue, and the dependency graph."""
+def _sbatch_text(plan: Plan, params: dict[str, Any]) -> str:
     from submitit.slurm.slurm import _make_sbatch_string
 
+    command = "python -u -m submitit.core._submit <folder>"
+    return str(_make_sbatch_string(command=command, folder=str(plan.exp.logs / "%j"), **params))
+
+
+def render_dry_run(plan: Plan) -> str:
+    """The sbatch script of every job this submission would queue, and the dependency graph."""
     lines = ["# dependency graph"]
     scripts = []
+    train_runs = [r for r in plan.runs if "train" in plan.stages[r.run_id]]
+    if train_runs:
+        params = plan.params(train_runs[0].spec.slurm, "train")
+        if len(train_runs) > 1:
+            params["map_count"] = len(train_runs)
+        lines.append(f"train: one array of {len(train_runs)} task(s): " + ", ".join(r.run_id for r in train_runs))
+        scripts.append(f"# ---- train array\n{_sbatch_text(plan, params)}")
     for run in plan.runs:
         stages = plan.stages[run.run_id]
         if not stages:
@@ -509,16 +521,15 @@ def render_dry_run(plan: Plan) -> str:
             continue
         chain = " -> ".join(f"{s}[{run.spec.infer.shards}]" if s == "infer" else s for s in stages)
         lines.append(f"{run.run_id}: {chain}  (afterok between stages)")
-        for stage in stages:
+        previous = f"<train job of {run.run_id}>" if "train" in stages else None
+        for stage in [s for s in stages if s != "train"]:
             params = plan.params(run.spec.slurm, stage)
-            count = len(plan.runs) if stage == "train" else (run.spec.infer.shards if stage == "infer" else 1)
-            if count > 1:
-                params["map_count"] = count
-            script = _make_sbatch_string(command="python -u -m submitit.core._submit <folder>",
-                                         folder=str(plan.exp.logs / "%j"), **params)  # fmt: skip
-            scripts.append(f"# ---- {run.run_id} {stage}\n{script}")
-            if stage == "train" and count > 1:
-                break
+            if previous:
+                params["additional_parameters"] = {"requeue": True, "dependency": f"afterok:{previous}"}
+            if stage == "infer" and run.spec.infer.shards > 1:
+                params["map_count"] = run.spec.infer.shards
+            scripts.append(f"# ---- {run.run_id} {stage}\n{_sbatch_text(plan, params)}")
+            previous = f"<{stage} job of {run.run_id}>"
     lines.append("report: afterany on every job above")
     return "\n".join([*lines, "", *scripts])
 
