@@ -1,0 +1,115 @@
+"""Submission without a cluster: sbatch options, profiles, pre-flight checks, dry runs, the local executor."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cover_hpc.config import SlurmConfig, SpecError
+from cover_hpc.submit import load_profile, slurm_parameters, with_profile
+
+from .conftest import REPO
+
+
+def test_resources_in_user_terms_become_sbatch_options() -> None:
+    gpu = SlurmConfig(nodes=2, gpus_per_node=4, cpus_per_gpu=8, mem_per_gpu_gb=60, time_min=90, signal_lead_s=120,
+                      partition="gpu", account="lab", array_parallelism=3, setup=("module load cuda",))  # fmt: skip
+    train = slurm_parameters(gpu, "train", "x-train")
+    assert (train["nodes"], train["ntasks_per_node"], train["gpus_per_node"], train["cpus_per_task"]) == (2, 4, 4, 8)
+    assert (train["mem_per_gpu"], train["time"], train["signal_delay_s"]) == ("60G", 90, 120)
+    assert (train["partition"], train["account"], train["array_parallelism"]) == ("gpu", "lab", 3)
+    assert train["setup"] == ["module load cuda"] and train["additional_parameters"] == {"requeue": True}
+    validate = slurm_parameters(gpu, "validate", "x-validate")
+    assert (validate["nodes"], validate["ntasks_per_node"], validate["gpus_per_node"]) == (1, 1, 1)
+    cpu = slurm_parameters(SlurmConfig(gpus_per_node=0, tasks_per_node=2, mem_per_gpu_gb=3), "train", "c")
+    assert cpu["ntasks_per_node"] == 2 and cpu["mem"] == "6G" and "gpus_per_node" not in cpu
+
+
+def test_profiles_fill_what_the_spec_leaves_empty() -> None:
+    profile = load_profile("example-gpu-cluster")
+    merged = with_profile(SlurmConfig(partition="mine"), profile)
+    assert merged.partition == "mine" and merged.account == "my-lab" and merged.setup[0] == "module load cuda/12.4"
+    with pytest.raises(SpecError, match=r"unknown profile 'nope'.*example-gpu-cluster"):
+        load_profile("nope")
+
+
+def cli(*args: str, cwd: Path = REPO, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("cover-hpc") or str(Path(sys.executable).parent / "cover-hpc")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SLURM_")}
+    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def spec_file(tmp: Path, model: Path, data_dir: Path, **extra: Any) -> Path:
+    spec: dict[str, Any] = {
+        "name": "sub",
+        "output_dir": str(tmp / "experiments"),
+        "model": {"pretrained": str(model)},
+        "data": {"train_dir": str(data_dir / "train_set"), "test_dir": str(data_dir / "test_set"), "size": [64, 64],
+                 "num_workers": 0, "cache_dir": str(tmp / "cache")},
+        "lora": {"rank": 4, "alpha": 4},
+        "train": {"batch_size": 4, "max_steps": 4, "mixed_precision": "no", "checkpoint_every": 2},
+        "validate": {"num_prompts": 2, "steps": 2, "batch_size": 2, "baseline": False},
+        "infer": {"books_file": str(data_dir / "books.jsonl"), "shards": 2, "steps": 2, "size": [64, 64],
+                  "batch_size": 4},
+        "slurm": {"gpus_per_node": 0, "cpus_per_gpu": 1, "mem_per_gpu_gb": 2, "time_min": 20, "signal_lead_s": 30},
+    }  # fmt: skip
+    for section, values in extra.items():
+        spec.setdefault(section, {}).update(values)
+    path = tmp / "spec.yaml"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def test_missing_data_folder_is_rejected_before_anything_is_queued(tmp_path: Path, tiny_model_dir: Path,
+                                                                   demo_data_dir: Path) -> None:  # fmt: skip
+    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, data={"train_dir": str(tmp_path / "missing")})
+    result = cli("submit", str(path), "--executor", "slurm")
+    assert result.returncode == 2
+    assert "data.train_dir: folder" in result.stderr and "does not exist" in result.stderr
+    assert not (tmp_path / "experiments" / "sub" / "experiment.json").exists()
+
+
+def test_dry_run_prints_the_array_and_the_dependency_graph(tmp_path: Path, tiny_model_dir: Path,
+                                                           demo_data_dir: Path) -> None:  # fmt: skip
+    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, sweep={"grid": {"lora.rank": [4, 8]}})
+    result = cli("submit", str(path), "--executor", "slurm", "--dry-run", "--profile", "local")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "train: one array of 2 task(s)" in out and "#SBATCH --array=0-1%" in out
+    assert out.count("#SBATCH --dependency='afterok:<train job of") == 2
+    assert "#SBATCH --dependency='afterok:<validate job of" in out and "#SBATCH --partition=debug" in out
+    assert "#SBATCH --signal=USR2@30" in out and "#SBATCH --requeue" in out
+    assert not (tmp_path / "experiments" / "sub" / "experiment.json").exists()
+
+
+@pytest.mark.tiny
+@pytest.mark.slow
+def test_local_executor_runs_every_stage_then_resubmission_does_nothing(
+    tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path
+) -> None:
+    from cover_hpc.demo.tiny_clip import build_tiny_transformers_clip
+
+    clip = build_tiny_transformers_clip(tmp_path / "clip")
+    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, validate={"clip_model": str(clip)})
+    result = cli("submit", str(path), "--executor", "local")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in ("train done", "validate done", "infer shard 0 done", "infer shard 1 done", "report:"):
+        assert line in result.stdout
+    exp = tmp_path / "experiments" / "sub"
+    status = json.loads(cli("status", str(exp), "--json").stdout)
+    (row,) = status
+    assert {s["state"] for s in row["stages"].values()} == {"done"}
+    assert row["step"] == row["total_steps"] == 4 and row["requeues"] == 0 and row["clip_score"] is not None
+    for key in ("lora", "validation", "manifest", "report"):
+        assert Path(row[key]).is_file(), key
+    again = cli("submit", str(path), "--executor", "local")
+    assert "0 of 1 runs had stages to run" in again.stdout
+    assert "train done" not in again.stdout
+    logs = cli("logs", str(exp), row["run_id"], "--stage", "train")
+    assert logs.returncode == 0 and "log.out" in logs.stdout
