@@ -115,8 +115,12 @@ def load_generator(
     import diffusers
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
+    from cover_hpc import env
+
     weights = lora_file(lora) if lora is not None else None
     device, dtype = device_and_dtype(precision)
+    if device.type == "cpu":  # the job's share of the cores, not all of them (see env.cpu_threads)
+        torch.set_num_threads(env.cpu_threads(env.dist_env()))
     kwargs: dict[str, Any] = {"dtype": dtype, "revision": model.revision, "variant": model.variant}
     if model.vae:
         kwargs["vae"] = AutoencoderKL.from_pretrained(model.vae, dtype=dtype)

@@ -297,8 +297,13 @@ def build(spec: ExperimentSpec, paths: RunPaths) -> Setup:
 
     dist = env.dist_env()
     env.export_torch_env(dist)
-    torch.set_num_threads(env.cpu_threads(dist))
     accelerator = make_accelerator(spec, dist)
+    # after the Accelerator: accelerate resets the thread count on CPU, and too many threads on
+    # shared cores make every process crawl (OpenMP spin-waits)
+    torch.set_num_threads(env.cpu_threads(dist))
+    log.info(
+        "rank %d of %d on %s, %d CPU threads", dist.rank, dist.world_size, accelerator.device, torch.get_num_threads()
+    )
     device = accelerator.device
     barrier = _barrier(accelerator)
     deepspeed = spec.distributed.backend == "deepspeed"
