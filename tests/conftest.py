@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,34 @@ def demo_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[str]:
+    """The local single-node SLURM cluster (slurm/local/up.sh), up for the session.
+
+    Skipped only outside CI when it cannot start (not root, no apt); under CI (CI=true) or with
+    COVER_HPC_REQUIRE_SLURM=1 a cluster that cannot start fails the tests instead.
+    """
+    import subprocess
+
+    required = os.environ.get("CI") == "true" or os.environ.get("COVER_HPC_REQUIRE_SLURM") == "1"
+
+    def unavailable(reason: str) -> None:
+        if required:
+            pytest.fail(f"the SLURM test cluster is required here but {reason}")
+        pytest.skip(f"no SLURM test cluster: {reason}")
+
+    if os.geteuid() != 0:
+        unavailable("slurm/local/up.sh needs root")
+    result = subprocess.run(["bash", str(REPO / "slurm" / "local" / "up.sh")], capture_output=True, text=True,
+                            timeout=900)  # fmt: skip
+    if result.returncode != 0:
+        unavailable(f"slurm/local/up.sh failed:\n{result.stderr[-3000:]}")
+    env_file = Path(result.stdout.strip().splitlines()[-1])
+    for line in env_file.read_text().splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export ") :].partition("=")
+            os.environ[key] = value.strip("'\"")
+    yield os.environ["SLURM_CONF"]
+    subprocess.run(["bash", str(REPO / "slurm" / "local" / "down.sh")], capture_output=True, timeout=300)

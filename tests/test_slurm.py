@@ -1,0 +1,134 @@
+"""The SLURM pipeline on a real local cluster (slurm/local): arrays, dependencies, preemption, re-submission."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors.torch import load_file
+
+from .conftest import REPO
+from .test_submit import cli, spec_file
+
+pytestmark = [pytest.mark.slurm, pytest.mark.tiny, pytest.mark.slow]
+
+
+def tiny_clip(tmp: Path) -> str:
+    from cover_hpc.demo.tiny_clip import build_tiny_transformers_clip
+
+    return str(build_tiny_transformers_clip(tmp / "clip"))
+
+
+def sacct(job: str) -> dict[str, str]:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State,Restarts", "-j", job.split("_")[0]],
+                         capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+    return {line.split("|")[0]: line for line in out.splitlines()}
+
+
+def run_rows(exp: Path) -> list[dict[str, Any]]:
+    result = cli("status", str(exp), "--json")
+    assert result.returncode == 0, result.stderr
+    rows: list[dict[str, Any]] = json.loads(result.stdout)
+    return rows
+
+
+def test_sweep_runs_as_an_array_with_dependent_stages_then_resubmits_nothing(
+    slurm_cluster: str, tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path
+) -> None:
+    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, validate={"clip_model": tiny_clip(tmp_path)},
+                     sweep={"grid": {"lora.rank": [4, 8]}})  # fmt: skip
+    result = cli("submit", str(path), "--profile", "local", "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    exp = tmp_path / "experiments" / "sub"
+    rows = run_rows(exp)
+    assert len(rows) == 2
+    train_jobs = [r["stages"]["train"]["job"] for r in rows]
+    assert train_jobs[0].split("_")[0] == train_jobs[1].split("_")[0]  # one array
+    assert {t.split("_")[1] for t in train_jobs} == {"0", "1"}
+    for row in rows:
+        assert {s["state"] for s in row["stages"].values()} == {"done"}, row
+        assert len(row["stages"]["infer"]["jobs"]) == 2
+    assert (exp / "report" / "index.html").is_file()
+    again = cli("submit", str(path), "--profile", "local")
+    assert "0 of 2 runs had stages to submit" in again.stdout, again.stdout + again.stderr
+    assert "train -  validate -  infer -" in again.stdout
+
+
+def test_preempted_training_task_resumes_to_the_same_lora(
+    slurm_cluster: str, tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path
+) -> None:
+    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, train={"max_steps": 40, "checkpoint_every": 100},
+                     validate={"clip_model": tiny_clip(tmp_path)}, infer={"books_file": None})  # fmt: skip
+    result = cli("submit", str(path), "--profile", "local")
+    assert result.returncode == 0, result.stderr
+    exp = tmp_path / "experiments" / "sub"
+    (row,) = run_rows(exp)
+    job = row["stages"]["train"]["job"]
+    metrics = exp / row["run_id"] / "train" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 5):
+        assert time.monotonic() < deadline, "training never reached step 5"
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)  # what SLURM sends before a kill
+    deadline = time.monotonic() + 600
+    while not (exp / row["run_id"] / "validate" / "validation.json").is_file():
+        assert time.monotonic() < deadline, cli("logs", str(exp), row["run_id"]).stdout[-4000:]
+        time.sleep(2)
+    result_file = json.loads((exp / row["run_id"] / "train" / "train_result.json").read_text())
+    assert result_file["requeues"] == 1 and result_file["steps"] == 40
+    assert "|1" in sacct(job)[job]  # SLURM counted one restart of this array task
+    logs = cli("logs", str(exp), row["run_id"]).stdout
+    assert "resumed from" in logs and "requeueing" in logs
+    # the same run, never interrupted, in one process with the same thread count
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    (reference / "config.json").write_text((exp / row["run_id"] / "config.json").read_text())
+    env = {**os.environ, "COVER_HPC_THREADS": "1"}
+    subprocess.run([sys.executable, str(REPO / "jobs" / "train.py"), str(reference)], check=True, env=env,
+                   capture_output=True, timeout=600)  # fmt: skip
+    ours = load_file(exp / row["run_id"] / "train" / "pytorch_lora_weights.safetensors")
+    theirs = load_file(reference / "train" / "pytorch_lora_weights.safetensors")
+    assert ours.keys() == theirs.keys() and all((ours[k] == theirs[k]).all() for k in ours)
+    losses = [json.loads(line)["loss"] for line in metrics.read_text().splitlines()]
+    reference_losses = [json.loads(line)["loss"] for line in (reference / "train" / "metrics.jsonl").open()]
+    assert losses == reference_losses
+
+
+def test_failed_run_skips_its_later_stages_and_the_report_lists_it(
+    slurm_cluster: str, tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path
+) -> None:
+    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, validate={"clip_model": tiny_clip(tmp_path)},
+                     sweep={"grid": {"train.noise_offset": [0.0, 1e38]}})  # fmt: skip
+    result = cli("submit", str(path), "--profile", "local", "--wait")
+    assert result.returncode == 1 and "1 run(s) failed" in result.stdout, result.stdout + result.stderr[-2000:]
+    exp = tmp_path / "experiments" / "sub"
+    rows = {r["swept"]["train.noise_offset"]: r for r in run_rows(exp)}
+    good, bad = rows[0.0], rows[1e38]
+    assert {s["state"] for s in good["stages"].values()} == {"done"}
+    assert bad["stages"]["train"]["state"] == "failed"
+    assert bad["stages"]["validate"]["state"] == "cancelled"  # afterok never satisfied: never ran
+    assert not (exp / bad["run_id"] / "validate" / "validation.json").exists()
+    summary = (exp / "report" / "summary.md").read_text()
+    assert "## Failures" in summary and bad["run_id"] in summary and "loss became" in summary
+
+
+def test_two_tasks_on_one_node_train_one_run_together(
+    slurm_cluster: str, tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path
+) -> None:
+    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, slurm={"tasks_per_node": 2},
+                     train={"batch_size": 2}, validate={"clip_model": tiny_clip(tmp_path)},
+                     infer={"books_file": None})  # fmt: skip
+    result = cli("submit", str(path), "--profile", "local", "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    exp = tmp_path / "experiments" / "sub"
+    (row,) = run_rows(exp)
+    train_result = json.loads((exp / row["run_id"] / "train" / "train_result.json").read_text())
+    assert train_result["world_size"] == 2 and train_result["status"] == "finished"
+    logs = cli("logs", str(exp), row["run_id"]).stdout
+    assert "rank 0 of 2" in logs and "rank 1 of 2" in logs
