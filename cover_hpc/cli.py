@@ -148,13 +148,21 @@ def wait_for(experiment: Path) -> int:
     from cover_hpc.submit import ACTIVE_STATES, job_states, read_state, status
 
     exp = ExperimentPaths(experiment)
+    unknown_since: float | None = None
     while True:
         last = read_state(exp)["submissions"][-1]
         ids = [j for jobs in last["runs"].values() for j in [jobs["train"], jobs["validate"], *jobs["infer"]] if j]
         ids += [last["report"]] if last.get("report") else []
         states = job_states(ids)
-        if not any(states.get(j) in ACTIVE_STATES for j in ids) and all(j in states for j in ids):
-            break
+        if not any(states.get(j) in ACTIVE_STATES for j in ids):
+            if all(j in states for j in ids):
+                break
+            unknown_since = unknown_since or time.monotonic()
+            if time.monotonic() - unknown_since > 120:  # accounting never heard of them: stop waiting
+                print(f"cover-hpc: SLURM has no record of {sorted(set(ids) - set(states))}; not waiting for them")
+                break
+        else:
+            unknown_since = None
         time.sleep(5)
     rows = status(experiment)
     failed = [

@@ -252,12 +252,17 @@ def job_states(job_ids: Sequence[str]) -> dict[str, str]:
     if not ids:
         return {}
     states: dict[str, str] = {}
+    arrays: dict[str, str] = {}  # tasks that never started show in sacct as one line "A_[0-3]"
     try:
         out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
                              capture_output=True, text=True, timeout=60)  # fmt: skip
         for line in out.stdout.splitlines():
             job, _, state = line.partition("|")
-            states[job.strip()] = state.split()[0] if state else "UNKNOWN"
+            job, state = job.strip(), (state.split()[0] if state.strip() else "UNKNOWN")
+            if "_[" in job:
+                arrays[job.split("_")[0]] = state
+            else:
+                states[job] = state
         out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(i.split("_")[0] for i in ids)],
                              capture_output=True, text=True, timeout=60)  # fmt: skip
         for line in out.stdout.splitlines():
@@ -265,6 +270,9 @@ def job_states(job_ids: Sequence[str]) -> dict[str, str]:
             states[job.strip()] = state.strip()
     except (OSError, subprocess.SubprocessError) as error:
         log.warning("cannot ask SLURM for job states: %s", error)
+    for job in ids:
+        if job not in states and job.split("_")[0] in arrays:
+            states[job] = arrays[job.split("_")[0]]
     return states
 
 
