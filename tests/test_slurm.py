@@ -54,16 +54,20 @@ def test_sweep_runs_as_an_array_with_dependent_stages_then_resubmits_nothing(
     assert "train -  validate -  infer -" in again.stdout
 
 
-def test_preempted_training_task_resumes_to_the_same_lora(
+def test_preempted_array_task_resumes_to_the_same_lora(
     slurm_cluster: str, tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path
 ) -> None:
     path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, train={"max_steps": 40, "checkpoint_every": 100},
-                     validate={"clip_model": tiny_clip(tmp_path)}, infer={"books_file": None})  # fmt: skip
+                     validate={"clip_model": tiny_clip(tmp_path)}, infer={"books_file": None},
+                     sweep={"grid": {"lora.rank": [4, 8]}})  # fmt: skip
     result = cli("submit", str(path), "--profile", "local")
     assert result.returncode == 0, result.stderr
+    again = cli("submit", str(path), "--profile", "local")  # while queued or running: never doubled
+    assert "0 of 2 runs had stages to submit" in again.stdout, again.stdout + again.stderr
     exp = tmp_path / "experiments" / "sub"
-    (row,) = run_rows(exp)
+    row, other = run_rows(exp)
     job = row["stages"]["train"]["job"]
+    assert job.endswith("_0") and other["stages"]["train"]["job"].endswith("_1")
     metrics = exp / row["run_id"] / "train" / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 5):
@@ -71,15 +75,18 @@ def test_preempted_training_task_resumes_to_the_same_lora(
         time.sleep(0.5)
     subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)  # what SLURM sends before a kill
     deadline = time.monotonic() + 600
-    while not (exp / row["run_id"] / "validate" / "validation.json").is_file():
+    while not all((exp / r["run_id"] / "validate" / "validation.json").is_file() for r in (row, other)):
         assert time.monotonic() < deadline, cli("logs", str(exp), row["run_id"]).stdout[-4000:]
         time.sleep(2)
     result_file = json.loads((exp / row["run_id"] / "train" / "train_result.json").read_text())
     assert result_file["requeues"] == 1 and result_file["steps"] == 40
+    other_result = json.loads((exp / other["run_id"] / "train" / "train_result.json").read_text())
+    assert other_result["requeues"] == 0  # only the signalled task was requeued, not the whole array
     restarts = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=60).stdout
-    assert "Restarts=1" in restarts  # SLURM requeued this very job once
+    assert "Restarts=1" in restarts  # SLURM requeued this very array task once
     logs = cli("logs", str(exp), row["run_id"]).stdout
-    assert "resumed from" in logs and "requeueing" in logs
+    assert "resumed from" in logs and f"requeueing {job}" in logs
+    assert run_rows(exp)[0]["requeues"] == 1
     # the same run, never interrupted, in one process with the same thread count
     reference = tmp_path / "reference"
     reference.mkdir()
@@ -93,6 +100,19 @@ def test_preempted_training_task_resumes_to_the_same_lora(
     losses = [json.loads(line)["loss"] for line in metrics.read_text().splitlines()]
     reference_losses = [json.loads(line)["loss"] for line in (reference / "train" / "metrics.jsonl").open()]
     assert losses == reference_losses
+
+
+def test_a_request_slurm_refuses_is_shown_and_nothing_stays_queued(
+    slurm_cluster: str, tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path
+) -> None:
+    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, slurm={"partition": "no-such-partition"})
+    result = cli("submit", str(path))
+    assert result.returncode == 1
+    assert "SLURM refused the submission" in result.stderr and "invalid partition" in result.stderr.lower()
+    assert "Traceback" not in result.stderr
+    queued = subprocess.run(["squeue", "-h", "-n", "sub-train,sub-validate,sub-infer,sub-report"],
+                            capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+    assert queued.strip() == ""
 
 
 def test_failed_run_skips_its_later_stages_and_the_report_lists_it(

@@ -114,3 +114,29 @@ def test_local_executor_runs_every_stage_then_resubmission_does_nothing(
     assert "train done" not in again.stdout
     logs = cli("logs", str(exp), row["run_id"], "--stage", "train")
     assert logs.returncode == 0 and "log.out" in logs.stdout
+
+
+def test_submitting_from_inside_a_slurm_job_drops_its_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cover_hpc.submit import _slurm_env_cleaned
+
+    for key, value in {"SLURM_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "2", "SBATCH_PARTITION": "x",
+                       "SLURM_CONF": "/etc/slurm.conf"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    _slurm_env_cleaned()
+    assert "SLURM_JOB_ID" not in os.environ and "SBATCH_PARTITION" not in os.environ
+    assert os.environ["SLURM_CONF"] == "/etc/slurm.conf"
+
+
+@pytest.mark.tiny
+@pytest.mark.slow
+def test_debug_executor_runs_the_stages_in_process(tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path) -> None:
+    from cover_hpc.demo.tiny_clip import build_tiny_transformers_clip
+
+    clip = build_tiny_transformers_clip(tmp_path / "clip")
+    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, validate={"clip_model": str(clip)},
+                     infer={"books_file": None})  # fmt: skip
+    result = cli("submit", str(path), "--executor", "debug")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train done" in result.stdout and "validate done" in result.stdout
+    (row,) = json.loads(cli("status", str(tmp_path / "experiments" / "sub"), "--json").stdout)
+    assert row["stages"]["train"]["state"] == row["stages"]["validate"]["state"] == "done"
