@@ -276,18 +276,27 @@ def job_states(job_ids: Sequence[str]) -> dict[str, str]:
     return states
 
 
+def job_ids(jobs: dict[str, Any]) -> list[str]:
+    return [j for j in [jobs["train"], jobs["validate"], *jobs["infer"]] if j]
+
+
+def latest_jobs(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per run, the jobs of the latest submission that queued any for it (a re-submission that
+    queued nothing for a run does not hide the jobs still working on it)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for submission in state["submissions"]:
+        for run_id, jobs in submission["runs"].items():
+            if job_ids(jobs):
+                latest[run_id] = {**jobs, "executor": submission["executor"]}
+    return latest
+
+
 def active_jobs(exp: ExperimentPaths) -> dict[str, dict[str, str]]:
-    """Per run, the stages whose last submitted job is still queued or running."""
-    state = read_state(exp)
-    if not state["submissions"]:
-        return {}
-    last = state["submissions"][-1]
-    if last["executor"] != "slurm":
-        return {}
-    ids = [j for jobs in last["runs"].values() for j in [jobs["train"], jobs["validate"], *jobs["infer"]] if j]
-    states = job_states(ids)
+    """Per run, the stages whose latest SLURM job is still queued or running."""
+    latest = {k: v for k, v in latest_jobs(read_state(exp)).items() if v["executor"] == "slurm"}
+    states = job_states([j for jobs in latest.values() for j in job_ids(jobs)])
     active: dict[str, dict[str, str]] = {}
-    for run_id, jobs in last["runs"].items():
+    for run_id, jobs in latest.items():
         for stage, job in (("train", jobs["train"]), ("validate", jobs["validate"])):
             if job and states.get(job) in ACTIVE_STATES:
                 active.setdefault(run_id, {})[stage] = job
@@ -573,14 +582,13 @@ def status(experiment_dir: Path) -> list[dict[str, Any]]:
     state = read_state(exp)
     if not state.get("runs"):
         raise FileNotFoundError(f"{exp.state} not found or empty: was this experiment submitted?")
-    last = state["submissions"][-1] if state["submissions"] else {"runs": {}, "executor": None, "report": None}
-    ids = [j for jobs in last["runs"].values() for j in [jobs["train"], jobs["validate"], *jobs["infer"]] if j]
-    slurm_states = job_states(ids) if last["executor"] == "slurm" else {}
+    latest = latest_jobs(state)
+    slurm_states = job_states([j for jobs in latest.values() if jobs["executor"] == "slurm" for j in job_ids(jobs)])
     rows = []
     for entry in state["runs"]:
         run_id = entry["run_id"]
         paths = exp.run(run_id)
-        jobs = last["runs"].get(run_id, {"train": None, "validate": None, "infer": []})
+        jobs = latest.get(run_id, {"train": None, "validate": None, "infer": []})
         train_result = json.loads(paths.train_result.read_text()) if paths.train_result.is_file() else None
         validation = json.loads(paths.validation_result.read_text()) if paths.validation_result.is_file() else None
         step, loss = _last_metrics(paths)
@@ -646,11 +654,8 @@ def log_files(experiment_dir: Path, run_id: str, stage: str) -> list[Path]:
 def cancel(experiment_dir: Path) -> list[str]:
     exp = ExperimentPaths(Path(experiment_dir).absolute())
     state = read_state(exp)
-    if not state["submissions"] or state["submissions"][-1]["executor"] != "slurm":
-        return []
-    last = state["submissions"][-1]
-    ids = [j for jobs in last["runs"].values() for j in [jobs["train"], jobs["validate"], *jobs["infer"]] if j]
-    ids += [last["report"]] if last.get("report") else []
+    ids = [j for jobs in latest_jobs(state).values() if jobs["executor"] == "slurm" for j in job_ids(jobs)]
+    ids += [s["report"] for s in state["submissions"] if s["executor"] == "slurm" and s.get("report")]
     arrays = sorted({j.split("_")[0] for j in ids})
     if arrays:
         subprocess.run(["scancel", *arrays], check=False, timeout=60)
