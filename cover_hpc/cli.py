@@ -107,9 +107,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def default_executor() -> str:
+    """slurm where sbatch and a slurm.conf exist (a client without its conf hangs ~60 s), else local."""
     import shutil
 
-    return "slurm" if shutil.which("sbatch") and os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf") else "local"
+    conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+    return "slurm" if shutil.which("sbatch") and conf.is_file() else "local"
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
