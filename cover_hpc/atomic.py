@@ -38,3 +38,10 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def save_image(image: Any, path: Path) -> None:
+    """Save a PIL image so that ``path`` exists only once complete (a killed job leaves none)."""
+    temporary = path.with_name(f".{path.name}.tmp{path.suffix}")
+    image.save(temporary)
+    temporary.replace(path)

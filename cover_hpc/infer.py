@@ -101,9 +101,7 @@ def infer_shard(spec: ExperimentSpec, paths: RunPaths, shard: int) -> ShardResul
             with manifest.open("a") as handle:
                 for book, prompt, seed, image in zip(batch, prompts, seeds, images, strict=True):
                     target = paths.infer_images / image_name(book)
-                    temporary = target.with_name(f".{target.name}.tmp.png")
-                    image.save(temporary)
-                    temporary.replace(target)
+                    atomic.save_image(image, target)
                     record = {"book_id": book.book_id, "prompt": prompt, "seed": seed,
                               "image": f"images/{target.name}", "seconds": spent / len(batch)}  # fmt: skip
                     handle.write(json.dumps(record) + "\n")

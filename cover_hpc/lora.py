@@ -171,17 +171,23 @@ def expected_modules(weights: Path) -> dict[str, set[str]]:
     return modules
 
 
-def verify_lora_file(pipeline: Any, weights: Path, expected: dict[str, set[str]]) -> None:
-    """Load ``weights`` into ``pipeline`` and check that every expected module got its adapter."""
-    pipeline.load_lora_weights(str(weights.parent), weight_name=weights.name, adapter_name="verify")
-    for part, names in expected.items():
-        got = adapted_modules(getattr(pipeline, part))
-        missing = names - got
+def load_lora_checked(
+    pipeline: Any, weights: Path, adapter_name: str, expected: dict[str, set[str]] | None = None
+) -> None:
+    """Load ``weights`` into ``pipeline`` and check that every module the file (or ``expected``)
+    names got its adapter; ``load_lora_weights`` itself drops unmatched keys silently."""
+    pipeline.load_lora_weights(str(weights.parent), weight_name=weights.name, adapter_name=adapter_name)
+    for part, names in (expected or expected_modules(weights)).items():
+        missing = names - adapted_modules(getattr(pipeline, part))
         if missing:
             raise RuntimeError(
-                f"{weights}: {len(missing)} of {len(names)} {part} adapters did not load back "
-                f"(e.g. {sorted(missing)[:3]})"
+                f"{weights}: {len(missing)} of {len(names)} {part} adapters did not load (e.g. {sorted(missing)[:3]})"
             )
+
+
+def verify_lora_file(pipeline: Any, weights: Path, expected: dict[str, set[str]]) -> None:
+    """Load ``weights`` into ``pipeline``, check every expected module, and unload it again."""
+    load_lora_checked(pipeline, weights, "verify", expected)
     pipeline.delete_adapters("verify")
 
 

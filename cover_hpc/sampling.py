@@ -131,15 +131,9 @@ def load_generator(
         scheduler_class = getattr(diffusers, SCHEDULERS[scheduler])
         pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
     if weights is not None:
-        from cover_hpc.lora import adapted_modules, expected_modules
+        from cover_hpc.lora import load_lora_checked
 
-        pipe.load_lora_weights(str(weights.parent), weight_name=weights.name, adapter_name="cover")
-        for part, names in expected_modules(weights).items():
-            missing = names - adapted_modules(getattr(pipe, part))
-            if missing:
-                raise RuntimeError(
-                    f"{weights}: {len(missing)} {part} adapters did not load (e.g. {sorted(missing)[:2]})"
-                )
+        load_lora_checked(pipe, weights, "cover")
     pipe.to(device)
     if vae_tiling:
         pipe.vae.enable_tiling()

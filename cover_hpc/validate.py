@@ -101,9 +101,7 @@ def generate_missing(generator: Generator, items: Sequence[Item], folder: Path, 
         )  # fmt: skip
         spent += seconds
         for item, image in zip(chunk, images, strict=True):
-            temporary = folder / f".{item.file_name}.tmp.png"
-            image.save(temporary)
-            temporary.replace(folder / item.file_name)
+            atomic.save_image(image, folder / item.file_name)
     return spent
 
 
