@@ -149,6 +149,11 @@ class DistributedConfig:
 
     backend: Literal["ddp", "deepspeed"] = doc("Data parallelism: plain DDP or DeepSpeed ZeRO.", "ddp")
     zero_stage: int = doc("DeepSpeed ZeRO stage (0-3); used when backend is deepspeed.", 2)
+    timeout_min: int = doc(
+        "Minutes a process waits in a collective (gradient all-reduce, barrier) for the others before it fails "
+        "the run, e.g. after losing a node; the checkpoint written before stays.",
+        30,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -194,9 +194,11 @@ def slurm_parameters(slurm: SlurmConfig, stage: str, name: str) -> dict[str, Any
 
 
 def local_parameters(slurm: SlurmConfig, stage: str) -> dict[str, Any]:
-    tasks = (slurm.gpus_per_node or slurm.tasks_per_node or 1) if stage == "train" else 1
+    """The local executor's options: a multi-node run's processes all start on this machine (the same
+    world size, so the same data order and results as on the cluster)."""
+    tasks = (slurm.gpus_per_node or slurm.tasks_per_node or 1) * slurm.nodes if stage == "train" else 1
     return {"timeout_min": slurm.time_min, "tasks_per_node": tasks, "nodes": 1,
-            "gpus_per_node": slurm.gpus_per_node if stage == "train" else min(slurm.gpus_per_node, 1),
+            "gpus_per_node": slurm.gpus_per_node * slurm.nodes if stage == "train" else min(slurm.gpus_per_node, 1),
             "cpus_per_task": slurm.cpus_per_gpu}  # fmt: skip
 
 

@@ -33,6 +33,7 @@ NON_RESULT_KEYS = (
     "slurm.max_requeues",
     "slurm.array_parallelism",
     "slurm.setup",
+    "distributed.timeout_min",
 )
 HASH_LENGTH = 8
 _LABEL_MAX = 48

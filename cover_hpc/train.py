@@ -14,10 +14,12 @@ data position.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import logging
 import math
 import resource
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -255,12 +257,17 @@ class Setup:
 
 def make_accelerator(spec: ExperimentSpec, dist: env.DistEnv) -> Any:
     from accelerate import Accelerator, PartialState
-    from accelerate.utils import DeepSpeedPlugin
+    from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
 
     cuda = torch.cuda.is_available()
+    timeout = datetime.timedelta(minutes=spec.distributed.timeout_min)
     if dist.world_size > 1 and not cuda:
-        PartialState(cpu=True, backend="gloo")  # accelerate picks no backend without a GPU
-    kwargs: dict[str, Any] = {"mixed_precision": spec.train.mixed_precision, "cpu": not cuda}
+        PartialState(cpu=True, backend="gloo", timeout=timeout)  # accelerate picks no backend without a GPU
+    kwargs: dict[str, Any] = {
+        "mixed_precision": spec.train.mixed_precision,
+        "cpu": not cuda,
+        "kwargs_handlers": [InitProcessGroupKwargs(timeout=timeout)],
+    }
     if spec.distributed.backend == "deepspeed":
         micro = spec.train.batch_size
         config = {
@@ -302,8 +309,10 @@ def build(spec: ExperimentSpec, paths: RunPaths) -> Setup:
     # shared cores make every process crawl (OpenMP spin-waits)
     torch.set_num_threads(env.cpu_threads(dist))
     log.info(
-        "rank %d of %d on %s, %d CPU threads", dist.rank, dist.world_size, accelerator.device, torch.get_num_threads()
-    )
+        "rank %d of %d on %s %s, %d CPU threads, rendezvous %s:%d",
+        dist.rank, dist.world_size, socket.gethostname(), accelerator.device, torch.get_num_threads(),
+        dist.master_addr, dist.master_port,
+    )  # fmt: skip
     device = accelerator.device
     barrier = _barrier(accelerator)
     deepspeed = spec.distributed.backend == "deepspeed"
@@ -535,8 +544,7 @@ def resume(setup: Setup) -> checkpoint.Progress:
         )
     extra = {"load_module_strict": False} if setup.deepspeed else {}
     setup.accelerator.load_state(str(folder), **extra)
-    if setup.dist.is_main:
-        log.info("resumed from %s (step %d, epoch %d)", folder, progress.step, progress.epoch)
+    log.info("rank %d resumed from %s (step %d, epoch %d)", setup.dist.rank, folder, progress.step, progress.epoch)
     return dataclasses.replace(progress, starts=progress.starts + 1)
 
 

@@ -62,6 +62,7 @@ def _rules(spec: ExperimentSpec) -> list[Rule]:
             lambda v: 0 <= v <= 2,
             "must be 0, 1 or 2 (stage 3 partitions the frozen base weights, which LoRA saving here does not gather)",
         ),
+        ("distributed.timeout_min", *positive),
         ("validate.num_prompts", *positive),
         ("validate.steps", *positive),
         ("validate.guidance", *non_negative),
@@ -164,6 +165,11 @@ def _sweep_problems(spec: ExperimentSpec) -> list[Problem]:
         path = f"sweep.{kind}.{key}"
         if key.split(".")[0] in UNSWEEPABLE:
             problems.append(Problem(path, f"'{key}' cannot be swept; sweep a model, data or training key."))
+            continue
+        if key.startswith("slurm."):
+            problems.append(Problem(path, f"'{key}' cannot be swept: the training runs of an experiment form one "
+                                          "SLURM array, which has one set of resources. Set it in slurm: and "
+                                          "make one experiment per value."))  # fmt: skip
             continue
         try:
             tp = field_type(key)

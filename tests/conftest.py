@@ -41,11 +41,21 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster() -> Iterator[str]:
-    """The local single-node SLURM cluster (slurm/local/up.sh), up for the session.
+def _slurm_session() -> Iterator[dict[str, int]]:
+    """Stops the local SLURM cluster after the last test that used it (whatever its shape)."""
+    import subprocess
 
-    Skipped only outside CI when it cannot start (not root, no apt); under CI (CI=true) or with
-    COVER_HPC_REQUIRE_SLURM=1 a cluster that cannot start fails the tests instead.
+    shape: dict[str, int] = {}
+    yield shape
+    if shape:
+        subprocess.run(["bash", str(REPO / "slurm" / "local" / "down.sh")], capture_output=True, timeout=300)
+
+
+def _start_cluster(shape: dict[str, int], nodes: int) -> str:
+    """Bring slurm/local up with ``nodes`` compute nodes (a no-op when it already runs that way).
+
+    Skipped only outside CI when it cannot start (not root, no apt, no network namespaces); under
+    CI (CI=true) or with COVER_HPC_REQUIRE_SLURM=1 a cluster that cannot start fails the tests instead.
     """
     import subprocess
 
@@ -53,13 +63,15 @@ def slurm_cluster() -> Iterator[str]:
 
     def unavailable(reason: str) -> None:
         if required:
-            pytest.fail(f"the SLURM test cluster is required here but {reason}")
-        pytest.skip(f"no SLURM test cluster: {reason}")
+            pytest.fail(f"the SLURM test cluster ({nodes} node(s)) is required here but {reason}")
+        pytest.skip(f"no SLURM test cluster ({nodes} node(s)): {reason}")
 
     if os.geteuid() != 0:
         unavailable("slurm/local/up.sh needs root")
+    env = {**os.environ, "COVER_HPC_SLURM_NODES": str(nodes)}
     result = subprocess.run(["bash", str(REPO / "slurm" / "local" / "up.sh")], capture_output=True, text=True,
-                            timeout=900)  # fmt: skip
+                            timeout=900, env=env)  # fmt: skip
+    shape["nodes"] = nodes
     if result.returncode != 0:
         unavailable(f"slurm/local/up.sh failed:\n{result.stderr[-3000:]}")
     env_file = Path(result.stdout.strip().splitlines()[-1])
@@ -67,5 +79,16 @@ def slurm_cluster() -> Iterator[str]:
         if line.startswith("export "):
             key, _, value = line[len("export ") :].partition("=")
             os.environ[key] = value.strip("'\"")
-    yield os.environ["SLURM_CONF"]
-    subprocess.run(["bash", str(REPO / "slurm" / "local" / "down.sh")], capture_output=True, timeout=300)
+    return os.environ["SLURM_CONF"]
+
+
+@pytest.fixture
+def slurm_cluster(_slurm_session: dict[str, int]) -> str:
+    """The local SLURM cluster with one compute node (this machine), 8 CPUs."""
+    return _start_cluster(_slurm_session, 1)
+
+
+@pytest.fixture
+def slurm_cluster_2nodes(_slurm_session: dict[str, int]) -> str:
+    """The local SLURM cluster as two compute nodes (network namespaces node1, node2), 4 CPUs each."""
+    return _start_cluster(_slurm_session, 2)

@@ -6,7 +6,8 @@
 #
 # Order: cancel every job (slurmd's shutdown would leave running slurmstepds behind) ->
 # scontrol shutdown (slurmctld + slurmd) -> kill orphan slurmstepds/job processes of this
-# cluster -> slurmdbd -> mariadbd -> munged. Every wait has a wall-clock deadline, after
+# cluster -> (multi-node) kill what is left in the nodes' namespaces, delete veths, namespaces
+# and bridge -> slurmdbd -> mariadbd -> munged. Every wait has a wall-clock deadline, after
 # which the process is SIGKILLed. Safe to run when nothing is up.
 set -euo pipefail
 
@@ -29,8 +30,9 @@ cd /
 
 anything=0
 for d in "${DAEMONS[@]}"; do
-    if daemon_running "$d"; then anything=1; fi
+    if daemon_any "$d"; then anything=1; fi
 done
+if [[ -n "$(existing_netns)$(existing_veths)" ]] || ip link show "$BRIDGE" >/dev/null 2>&1; then anything=1; fi
 if [[ $anything -eq 1 || -n "$(orphan_job_pids)" ]]; then
     stop_cluster
 else

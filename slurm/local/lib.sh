@@ -1,16 +1,35 @@
 # shellcheck shell=bash disable=SC2034  # settings are used by the scripts that source this
-# Shared helpers for up.sh / down.sh / status.sh (sourced, not run).
+# Shared helpers for up.sh / down.sh / status.sh / node.sh (sourced, not run).
 #
-# The local test cluster is one node (this machine) running five daemons:
+# The local test cluster runs these daemons on this machine:
 #   munged (system-wide, socket /run/munge) -> mariadbd (own datadir/port/socket under $BASE)
-#   -> slurmdbd -> slurmctld -> slurmd.
+#   -> slurmdbd -> slurmctld -> slurmd (one per compute node).
+# One compute node (default): this machine itself, at 127.0.0.1.
+# N compute nodes (COVER_HPC_SLURM_NODES=N >= 2): one Linux network namespace per node, each with
+# its own hostname (node1..nodeN, a UTS namespace), its own address ($NET.11, .12, ...) on a veth
+# joined to the bridge $BRIDGE ($NET.1/24, in this machine's namespace), and its own slurmd. The
+# controller, slurmdbd, MariaDB and munge stay outside; every packet stays on the bridge's range.
 # Everything Slurm writes lives under $BASE; only munged uses system paths.
 
 # ---------------------------------------------------------------- settings
 BASE="${COVER_HPC_SLURM_BASE:-/tmp/cover-hpc-slurm}"
 BASE="${BASE%/}"
-NODE_CPUS="${COVER_HPC_SLURM_CPUS:-8}"
+# The node count: COVER_HPC_SLURM_NODES; else, for the scripts that look at a running cluster
+# (down/status/node.sh, not up.sh), the count in its slurm.conf; else 1.
+NODES="${COVER_HPC_SLURM_NODES:-}"
+if [[ -z "$NODES" && "${SLURM_LOCAL_SCRIPT:-}" != up && -f "$BASE/etc/slurm.conf" ]]; then
+    NODES=$(grep -c '^NodeName=' "$BASE/etc/slurm.conf" || true)
+fi
+[[ -n "$NODES" && "$NODES" != 0 ]] || NODES=1
+if [[ "$NODES" =~ ^[0-9]+$ ]] && (( NODES > 1 )); then
+    NODE_CPUS="${COVER_HPC_SLURM_CPUS:-4}"
+else
+    NODE_CPUS="${COVER_HPC_SLURM_CPUS:-8}"
+fi
+NET="${COVER_HPC_SLURM_NET:-10.231.7}"    # first three octets of the nodes' private /24
 CLUSTER_NAME=coverhpc
+NS_PREFIX=chpc                             # netns chpc-node1.., veths chpc-v1.., bridge chpc-br
+BRIDGE="$NS_PREFIX-br"
 
 ETC="$BASE/etc"
 LOG="$BASE/log"
@@ -19,6 +38,7 @@ STATE="$BASE/state"
 DB="$BASE/db"
 CONF="$ETC/slurm.conf"
 DBD_CONF="$ETC/slurmdbd.conf"
+HOSTS_FILE="$ETC/hosts"                    # bind-mounted on /etc/hosts inside each node (multi-node)
 ENV_FILE="$BASE/env"
 MARKER="$BASE/.cover-hpc-slurm"      # marks the folder as ours (down.sh --purge checks it)
 
@@ -38,6 +58,22 @@ MUNGE_PIDFILE=/run/munge/munged.pid
 
 # Every Slurm client and daemon started from these scripts sees this conf.
 export SLURM_CONF="$CONF"
+
+# Topology: the controller's address and the compute nodes (names and addresses).
+multi_node() { (( NODES > 1 )); }
+NODE_NAMES=()
+NODE_ADDRS=()
+if [[ "$NODES" =~ ^[0-9]+$ ]] && (( NODES > 1 )); then
+    CTL_ADDR="$NET.1"
+    for (( i = 1; i <= NODES; i++ )); do
+        NODE_NAMES+=("node$i")
+        NODE_ADDRS+=("$NET.$(( 10 + i ))")
+    done
+else
+    CTL_ADDR=127.0.0.1
+    NODE_NAMES+=("$(hostname -s)")
+    NODE_ADDRS+=(127.0.0.1)
+fi
 
 # ---------------------------------------------------------------- output
 log() { printf '[slurm-local %s] %s\n' "$(date +%H:%M:%S.%3N)" "$*" >&2; }
@@ -143,7 +179,45 @@ daemon_pids() {
     esac
 }
 
-daemon_running() { [[ -n "$(daemon_pids "$1")" ]]; }
+# Network namespace of compute node NAME (multi-node only).
+node_netns() { printf '%s-%s' "$NS_PREFIX" "$1"; }
+
+# PIDs of every process inside compute node NAME's network namespace (multi-node): slurmd,
+# slurmstepd and the job processes all live there, so this is exactly what the node runs.
+netns_pids() {
+    [[ -e "/run/netns/$(node_netns "$1")" ]] || return 0
+    ip netns pids "$(node_netns "$1")" 2>/dev/null || true
+    return 0
+}
+
+# PID of the slurmd serving compute node NAME, empty when it is not running.
+node_slurmd_pids() {
+    local name="$1" pid
+    if multi_node; then
+        for pid in $(netns_pids "$name"); do
+            [[ "$(pid_comm "$pid")" == slurmd ]] && pid_running "$pid" && echo "$pid"
+        done
+    else
+        our_pids slurmd
+    fi
+    return 0
+}
+
+# Any process of that daemon is running (for stopping and waiting until it is gone).
+daemon_any() { [[ -n "$(daemon_pids "$1")" ]]; }
+
+# slurmd counts as running only when every compute node has its own: sinfo can show a node
+# idle for minutes after its slurmd died (until SlurmdTimeout).
+daemon_running() {
+    local name
+    if [[ "$1" == slurmd ]]; then
+        for name in "${NODE_NAMES[@]}"; do
+            [[ -n "$(node_slurmd_pids "$name")" ]] || return 1
+        done
+        return 0
+    fi
+    [[ -n "$(daemon_pids "$1")" ]]
+}
 
 DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd)
 
@@ -199,7 +273,7 @@ wait_daemon() {
 wait_gone() {
     local limit="$1" name="$2"
     local deadline=$(( $(date +%s) + limit ))
-    while daemon_running "$name"; do
+    while daemon_any "$name"; do
         (( $(date +%s) < deadline )) || return 1
         sleep 0.2
     done
@@ -211,17 +285,30 @@ wait_gone() {
 # when slurmctld is down: only call them when the conf exists, always under `timeout`.
 conf_exists() { [[ -f "$CONF" ]]; }
 
-# State of our node as sinfo prints it (%T), e.g. idle, mixed, idle*, down*. Empty on error.
-node_state() {
+# "NAME STATE" per compute node as sinfo prints it (%T: idle, mixed, idle*, down*, ...).
+node_states() {
     conf_exists || return 1
-    timeout 15 sinfo -h -N -n "$(hostname -s)" -o %T 2>/dev/null | head -n1 || true
+    timeout 15 sinfo -h -N -o '%N %T' 2>/dev/null | sort -u || true
 }
 
-# The node is usable: responding (no '*' suffix) and not down/drained/failing.
-node_usable() {
-    local s
-    s=$(node_state) || return 1
-    [[ "$s" =~ ^(idle|mixed|allocated|completing|planned)$ ]]
+# State of one node (empty on error).
+node_state() {
+    node_states | awk -v n="$1" '$1 == n {print $2; exit}'
+}
+
+# Every configured node is usable: responding (no '*' suffix) and not down/drained/failing.
+nodes_usable() {
+    local out name state usable=0
+    out=$(node_states) || return 1
+    while read -r name state; do
+        [[ "$state" =~ ^(idle|mixed|allocated|completing|planned)$ ]] && usable=$(( usable + 1 ))
+    done <<<"$out"
+    (( usable == ${#NODE_NAMES[@]} ))
+}
+
+# One line for logs: "node1=idle node2=idle".
+nodes_summary() {
+    node_states | awk '{printf "%s%s=%s", sep, $1, $2; sep=" "}'
 }
 
 # slurmdbd answers (it daemonizes before it listens: see the race in the README).
@@ -242,7 +329,96 @@ cluster_healthy() {
     for d in "${DAEMONS[@]}"; do
         daemon_running "$d" || return 1
     done
-    node_usable
+    nodes_usable
+}
+
+# ---------------------------------------------------------------- multi-node network
+# Namespaces / veths of this cluster's nodes that exist now (whatever NODES says: a cluster
+# brought up with another node count must still be torn down completely).
+existing_netns() {
+    ip netns list 2>/dev/null | awk -v p="$NS_PREFIX-node" 'index($1, p) == 1 {print $1}' || true
+}
+existing_veths() {
+    ip -o link show 2>/dev/null | awk -F': ' -v p="$NS_PREFIX-v" '{sub(/@.*/, "", $2)} index($2, p) == 1 {print $2}' || true
+}
+
+# The checks that fail fast with a clear message instead of a hanging job later.
+check_netns_support() {
+    local cmd
+    for cmd in ip nsenter unshare; do
+        command -v "$cmd" >/dev/null 2>&1 || die "multi-node needs '$cmd' (Debian: apt-get install iproute2 util-linux)"
+    done
+    [[ "$NET" =~ ^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$ ]] \
+        || die "COVER_HPC_SLURM_NET must be three octets such as 10.231.7 (got '$NET')"
+    (( NODES <= 200 )) || die "COVER_HPC_SLURM_NODES=$NODES: at most 200 nodes fit in $NET.0/24"
+    # Another interface on the same /24 would make node traffic leave through it.
+    local clash
+    clash=$(ip -o -4 addr show 2>/dev/null | awk -v net="$NET." -v br="$BRIDGE" '$2 != br && index($4, net) == 1 {print $2 " " $4}')
+    [[ -z "$clash" ]] || die "the nodes' network $NET.0/24 is already in use here ($clash): set COVER_HPC_SLURM_NET to a free private /24"
+    if ! { ip netns add "$NS_PREFIX-probe" 2>/dev/null && ip netns del "$NS_PREFIX-probe"; }; then
+        die "cannot create network namespaces (needs root with CAP_SYS_ADMIN and CAP_NET_ADMIN; in Docker: --privileged)"
+    fi
+}
+
+# Bridge $NET.1/24 plus, per node, a namespace with eth0 = $NET.(10+i). Idempotent.
+net_up() {
+    local i ns veth
+    if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+        ip link add "$BRIDGE" type bridge
+    fi
+    ip addr flush dev "$BRIDGE"
+    ip addr add "$CTL_ADDR/24" dev "$BRIDGE"
+    ip link set "$BRIDGE" up
+    for (( i = 1; i <= NODES; i++ )); do
+        ns=$(node_netns "node$i"); veth="$NS_PREFIX-v$i"
+        [[ -e "/run/netns/$ns" ]] || ip netns add "$ns"
+        if ! ip link show "$veth" >/dev/null 2>&1; then
+            ip link add "$veth" type veth peer name eth0 netns "$ns"
+        fi
+        ip link set "$veth" master "$BRIDGE" up
+        ip -n "$ns" addr flush dev eth0
+        ip -n "$ns" addr add "${NODE_ADDRS[i - 1]}/24" dev eth0
+        ip -n "$ns" link set lo up
+        ip -n "$ns" link set eth0 up
+    done
+}
+
+# Kill whatever still runs inside the nodes, then delete veths (synchronous; deleting the
+# namespace frees its veth only later), namespaces and the bridge. Safe when nothing exists.
+net_down() {
+    local ns pids keep pid veth
+    keep=" $(self_and_ancestors | tr '\n' ' ') "
+    for ns in $(existing_netns); do
+        pids=""
+        for pid in $(ip netns pids "$ns" 2>/dev/null || true); do
+            [[ "$keep" == *" $pid "* ]] || pids+=" $pid"
+        done
+        if [[ -n "$pids" ]]; then
+            log "killing what is left in $ns:$pids"
+            # shellcheck disable=SC2086
+            kill -KILL $pids 2>/dev/null || true
+        fi
+    done
+    for veth in $(existing_veths); do ip link del "$veth" 2>/dev/null || true; done
+    for ns in $(existing_netns); do ip netns del "$ns" 2>/dev/null || true; done
+    if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE" 2>/dev/null || true; fi
+}
+
+# Start the slurmd of compute node NAME (multi-node: inside its namespace, with its own
+# hostname and the cluster's hosts file on /etc/hosts, in a private mount namespace so the
+# machine's /etc/hosts is untouched). Not `ip netns exec`: it remounts /sys, and slurmd then
+# finds no cgroup filesystem and exits.
+start_slurmd() {
+    local name="$1"
+    mkdir -p "$STATE/d/$name"     # slurmd creates its spool dir only when the parent exists
+    if multi_node; then
+        # shellcheck disable=SC2016  # $1/$2 are the inner shell's arguments
+        nsenter --net="/run/netns/$(node_netns "$name")" -- unshare --uts --mount -- \
+            sh -c 'hostname "$1" && mount --bind "$2" /etc/hosts && exec /usr/sbin/slurmd -N "$1"' \
+            sh "$name" "$HOSTS_FILE" </dev/null >>"$LOG/slurmd.$name.stdout" 2>&1 9>&-
+    else
+        /usr/sbin/slurmd </dev/null >>"$LOG/slurmd.$name.stdout" 2>&1 9>&-
+    fi
 }
 
 # ---------------------------------------------------------------- locking
@@ -369,6 +545,12 @@ stop_cluster() {
         log "killing orphan job processes: $(tr '\n' ' ' <<<"$pids")"
         # shellcheck disable=SC2086
         kill -KILL $pids 2>/dev/null || true
+    fi
+
+    # 3b. Multi-node: what is left inside the nodes' namespaces, then the network itself.
+    if [[ -n "$(existing_netns)$(existing_veths)" ]] || ip link show "$BRIDGE" >/dev/null 2>&1; then
+        log "removing the nodes' network namespaces and bridge"
+        net_down
     fi
 
     # 4. Accounting: slurmdbd, then MariaDB (clean shutdown via the socket if it answers).

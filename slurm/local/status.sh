@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Show the state of the local SLURM cluster started by up.sh.
 #
-#   slurm/local/status.sh     # exit 0 when healthy (all daemons run, node usable), else 1
+#   slurm/local/status.sh     # exit 0 when healthy (all daemons run, every node usable), else 1
+#
+# Set COVER_HPC_SLURM_NODES as for up.sh to check a multi-node cluster.
 #
 # Read-only; needs no lock. Runs as any user, though other users' processes may not be
 # fully visible (root is expected).
@@ -17,7 +19,15 @@ if conf_exists; then
 else
     echo "SLURM_CONF: $CONF (missing: up.sh has not run)"
 fi
+echo "nodes:      ${NODE_NAMES[*]} ($( multi_node && echo "network namespaces on $BRIDGE $CTL_ADDR/24" || echo "this machine"))"
 for d in "${DAEMONS[@]}"; do
+    if [[ "$d" == slurmd ]]; then
+        for name in "${NODE_NAMES[@]}"; do
+            pids=$(node_slurmd_pids "$name" | tr '\n' ' ')
+            printf '  %-10s %s\n' "slurmd" "$([[ -n "$pids" ]] && echo "running on $name (pid ${pids% })" || echo "not running on $name")"
+        done
+        continue
+    fi
     pids=$(daemon_pids "$d" | tr '\n' ' ')
     if [[ -n "$pids" ]]; then
         printf '  %-10s running (pid %s)\n' "$d" "${pids% }"
