@@ -90,6 +90,7 @@ def test_bad_choice_lists_allowed_values(tmp_path: Path) -> None:
         ("lora.rank=0", "lora.rank (set on the command line): got 0; must be 1 or more."),
         ("slurm.nodes=0", "slurm.nodes (set on the command line): got 0; must be 1 or more."),
         ("distributed.zero_stage=3", "must be 0, 1 or 2"),
+        ("distributed.timeout_min=0", "distributed.timeout_min (set on the command line): got 0; must be 1 or more."),
     ],
 )
 def test_out_of_range_values(override: str, expected: str) -> None:
@@ -113,6 +114,12 @@ def test_sweep_over_unknown_key(tmp_path: Path) -> None:
     message = problems_of(write(tmp_path, "sweep:\n  grid:\n    optim.lr_unte: [1.0e-4]\n"))
     assert "line 3: sweep.grid.optim.lr_unte: sweeps an unknown key 'optim.lr_unte'" in message
     assert "did you mean 'optim.lr_unet'" in message
+
+
+def test_sweeping_cluster_resources_is_refused_with_the_reason(tmp_path: Path) -> None:
+    message = problems_of(write(tmp_path, "sweep:\n  grid:\n    slurm.nodes: [1, 2]\n"))
+    assert "line 3: sweep.grid.slurm.nodes: 'slurm.nodes' cannot be swept" in message
+    assert "one SLURM array, which has one set of resources" in message
 
 
 def test_sweep_yielding_no_runs(tmp_path: Path) -> None:

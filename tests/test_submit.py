@@ -32,6 +32,16 @@ def test_resources_in_user_terms_become_sbatch_options() -> None:
     assert cpu["ntasks_per_node"] == 2 and cpu["mem"] == "6G" and "gpus_per_node" not in cpu
 
 
+def test_the_local_executor_starts_every_process_of_a_multi_node_run_here() -> None:
+    from cover_hpc.submit import local_parameters
+
+    train = local_parameters(SlurmConfig(nodes=2, gpus_per_node=0, tasks_per_node=3), "train")
+    assert (train["nodes"], train["tasks_per_node"]) == (1, 6)  # same world size as on the cluster
+    gpu = local_parameters(SlurmConfig(nodes=2, gpus_per_node=4), "train")
+    assert (gpu["tasks_per_node"], gpu["gpus_per_node"]) == (8, 8)
+    assert local_parameters(SlurmConfig(nodes=2, gpus_per_node=4), "validate")["tasks_per_node"] == 1
+
+
 def test_profiles_fill_what_the_spec_leaves_empty() -> None:
     profile = load_profile("example-gpu-cluster")
     merged = with_profile(SlurmConfig(partition="mine"), profile)
