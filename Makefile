@@ -45,12 +45,12 @@ unit: $(STAMP) system-deps
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check cover_hpc jobs tests
-	$(BIN)/ruff format --check cover_hpc jobs tests
+	$(BIN)/ruff check cover_hpc jobs tests benchmarks
+	$(BIN)/ruff format --check cover_hpc jobs tests benchmarks
 
 format: $(STAMP)
-	$(BIN)/ruff format cover_hpc jobs tests
-	$(BIN)/ruff check --fix cover_hpc jobs tests
+	$(BIN)/ruff format cover_hpc jobs tests benchmarks
+	$(BIN)/ruff check --fix cover_hpc jobs tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
