@@ -94,6 +94,9 @@ class TrainTask:
 
         environment = submitit.JobEnvironment()
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        # The checkpoint is sealed: when the requeue's SIGTERM comes, end at once. (submitit ignores
+        # SIGTERM, so the job would hold its nodes for KillWait, often 30 s, until SIGKILL.)
+        signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
         if environment.global_rank == 0:
             if restarts >= self.max_requeues:
                 raise RuntimeError(
