@@ -168,10 +168,14 @@ def test_losing_a_node_ends_the_job_and_resubmission_resumes_from_the_checkpoint
         assert saved and saved[-1] >= 10, saved
         print(f"job {job} stopped {ended_after:.1f} s after node2's slurmd was killed, then {state}; "
               f"last checkpoint {saved[-1]}")  # fmt: skip
+        assert state == "PENDING", state  # --requeue: SLURM queued it again, to wait for two nodes
+        # As if it could not be requeued (requeue disabled, max_requeues spent): it ends for good.
+        assert cli("cancel", str(exp_dir(two))).returncode == 0
     finally:
         subprocess.run(["bash", str(NODE_SH), "start", "node2"], check=True, timeout=120)
-    again = cli("submit", str(two), "--profile", "local")  # never doubles a job SLURM still holds
-    assert again.returncode == 0, again.stdout + again.stderr[-3000:]
+    again = cli("submit", str(two), "--profile", "local")
+    assert again.returncode == 0 and "1 of 1 runs had stages to submit" in again.stdout, again.stdout + again.stderr
+    assert run_rows(exp_dir(two))[0]["stages"]["train"]["job"] != job  # a new job, not the cancelled one
     submit(reference)
     result = wait_finished(two)
     wait_finished(reference)
