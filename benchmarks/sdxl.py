@@ -43,18 +43,24 @@ SCHEDULER: dict[str, Any] = {
 }  # fmt: skip
 
 
-def build_parts(device: str = "meta") -> dict[str, Any]:
-    """UNet, VAE and both text encoders at full size (random weights unless on ``meta``)."""
+def build_parts(
+    device: str = "meta", token_ids: dict[str, int] | None = None, pad: int | None = None, pad_2: int | None = None
+) -> dict[str, Any]:
+    """UNet, VAE and both text encoders at full size (random weights unless on ``meta``); ``token_ids``
+    and the pads set the text encoders' special token ids for a given tokenizer."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    ids = token_ids or {}
+    pads = {} if pad is None else {"pad_token_id": pad}
+    pads_2 = {} if pad_2 is None else {"pad_token_id": pad_2}
     with torch.device(device):
         return {
             "unet": UNet2DConditionModel(**UNET),
             "vae": AutoencoderKL(**VAE),
-            "text_encoder": CLIPTextModel(CLIPTextConfig(**TEXT)),
-            "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**TEXT_2)),
+            "text_encoder": CLIPTextModel(CLIPTextConfig(**TEXT, **ids, **pads)),
+            "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**TEXT_2, **ids, **pads_2)),
         }
 
 
@@ -67,13 +73,15 @@ def build_folder(folder: Path, dtype: str = "fp16") -> Path:
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-    from cover_hpc.demo.tiny_model import build_tokenizers
+    from cover_hpc.demo.tiny_model import BOS, EOS, build_tokenizers, clip_vocab_and_merges
 
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer, tokenizer_2 = build_tokenizers(folder)
+    vocab, _ = clip_vocab_and_merges()
     torch.manual_seed(0)
-    parts = build_parts("cpu")
+    # the special tokens' ids as these tokenizers number them (the pooled output looks for EOS)
+    parts = build_parts("cpu", {"bos_token_id": vocab[BOS], "eos_token_id": vocab[EOS]}, vocab[EOS], vocab["!"])
     for module in parts.values():
         module.to(torch_dtype)
     pipeline = StableDiffusionXLPipeline(

@@ -47,13 +47,17 @@ def peak_tflops(override: float | None) -> float | None:
     return None
 
 
-def count_flops(model: str, size: tuple[int, int], rank: int, train_text: bool, vae_every_step: bool) -> float:
-    """FLOPs of one training sample (batch 1): adapters' forward + backward, VAE encode if per step."""
+def count_flops(
+    model: str, size: tuple[int, int], rank: int, train_text: bool, vae_every_step: bool, caption_tokens: int = 525
+) -> float:
+    """FLOPs of one training sample (batch 1): both text encoders over every caption chunk and the UNet
+    over the whole context, forward and backward with the adapters; the VAE encode if per step."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from cover_hpc.config import LoraConfig
     from cover_hpc.lora import SDXLParts, add_adapters
+    from cover_hpc.prompts import encode_chunks
 
     if model == "sdxl":
         import sdxl
@@ -80,19 +84,17 @@ def count_flops(model: str, size: tuple[int, int], rank: int, train_text: bool, 
     add_adapters(holder, lora, seed=0)
     unet, te1, te2, vae = parts["unet"], parts["text_encoder"], parts["text_encoder_2"], parts["vae"]
     height, width = size
+    chunks = -(-caption_tokens // 75)  # 75 caption tokens per 77-token chunk, as the trainer encodes
     with torch.device("meta"):
-        ids = torch.zeros(1, 77, dtype=torch.long)
+        ids = torch.zeros(1, chunks, 77, dtype=torch.long)
         latents = torch.zeros(1, 4, height // 8, width // 8)
         pixels = torch.zeros(1, 3, height, width)
         with FlopCounterMode(display=False) as counter:
             if vae_every_step:
                 with torch.no_grad():
                     vae.encode(pixels)
-            hidden = te1(ids, output_hidden_states=True).hidden_states[-2]
-            out2 = te2(ids, output_hidden_states=True)
-            context = torch.cat([hidden, out2.hidden_states[-2]], dim=-1)
-            time_ids = torch.zeros(1, 6)
-            conditions = {"text_embeds": out2.text_embeds, "time_ids": time_ids}
+            context, pooled = encode_chunks(te1, te2, ids, ids)
+            conditions = {"text_embeds": pooled, "time_ids": torch.zeros(1, 6)}
             prediction = unet(latents, torch.zeros(1), context, added_cond_kwargs=conditions).sample
             prediction.float().pow(2).mean().backward()
     return float(counter.get_total_flops())
