@@ -14,8 +14,7 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,22 +58,6 @@ def header(title: str) -> dict[str, Any]:
 def summary(samples: Sequence[float]) -> dict[str, float]:
     values = sorted(samples)
     return {"median": statistics.median(values), "min": values[0], "max": values[-1], "n": len(values)}
-
-
-def timed(fn: Callable[[], Any], repeat: int, warmup: int = 1, sync: Callable[[], None] | None = None) -> list[float]:
-    """Wall-clock seconds of ``repeat`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        if sync:
-            sync()
-        start = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
