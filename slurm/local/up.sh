@@ -303,14 +303,19 @@ FLUSH PRIVILEGES;
 SQL
 
 # ============================================================== 6. slurmdbd
-if daemon_running slurmdbd; then
-    log "slurmdbd already running (pid $(our_pids slurmdbd | head -n1))"
-else
-    log "starting slurmdbd"
-    # Finds slurmdbd.conf next to $SLURM_CONF (exported by lib.sh).
-    /usr/sbin/slurmdbd </dev/null >>"$LOG/slurmdbd.stdout" 2>&1 9>&- \
-        || { show_log "$LOG/slurmdbd.log"; die "slurmdbd failed to start"; }
-fi
+# start_daemon NAME: start /usr/sbin/NAME (it daemonizes) unless this cluster's already runs.
+start_daemon() {
+    local name="$1"
+    if daemon_running "$name"; then
+        log "$name already running (pid $(our_pids "$name" | head -n1))"
+        return 0
+    fi
+    log "starting $name"
+    "/usr/sbin/$name" </dev/null >>"$LOG/$name.stdout" 2>&1 9>&- \
+        || { show_log "$LOG/$name.log"; die "$name failed to start"; }
+}
+
+start_daemon slurmdbd     # finds slurmdbd.conf next to $SLURM_CONF (exported by lib.sh)
 # The race: slurmdbd daemonizes before it listens. A slurmctld started too early (no state
 # yet) dies with "You are running with a database but for some reason we have no TRES from
 # it" and slurmd then retries forever. So wait until sacctmgr gets an answer.
@@ -318,14 +323,7 @@ wait_daemon "$TIMEOUT" slurmdbd "slurmdbd to answer (sacctmgr -n list cluster)" 
     || die "slurmdbd does not answer"
 
 # ============================================================== 7. slurmctld + slurmd
-if daemon_running slurmctld; then
-    log "slurmctld already running (pid $(our_pids slurmctld | head -n1))"
-else
-    log "starting slurmctld"
-    # No -c: recovers jobs/node state from StateSaveLocation (kept until down.sh --purge).
-    /usr/sbin/slurmctld </dev/null >>"$LOG/slurmctld.stdout" 2>&1 9>&- \
-        || { show_log "$LOG/slurmctld.log"; die "slurmctld failed to start"; }
-fi
+start_daemon slurmctld    # no -c: recovers jobs/node state from StateSaveLocation (kept until down.sh --purge)
 for name in "${NODE_NAMES[@]}"; do
     pid=$(node_slurmd_pids "$name" | head -n1)
     if [[ -n "$pid" ]]; then
