@@ -50,9 +50,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    for key, default, text in field_help():
-        if args.section and not key.startswith(f"{args.section}."):
-            continue
+    rows = field_help()
+    wanted = args.section
+    shown = [row for row in rows if not wanted or row[0] == wanted or row[0].startswith(f"{wanted}.")]
+    if not shown:
+        import difflib
+
+        sections = list(dict.fromkeys(key.split(".")[0] for key, _, _ in rows if "." in key))
+        top_level = [key for key, _, _ in rows if "." not in key]
+        close = difflib.get_close_matches(wanted, [*sections, *top_level, *(key for key, _, _ in rows)], n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        print(f"cover-hpc: no section or key {wanted!r}; {hint}sections: {', '.join(sections)}; "
+              f"top-level keys: {', '.join(top_level)}", file=sys.stderr)  # fmt: skip
+        return 2
+    for key, default, text in shown:
         print(f"{key} = {default}\n    {text}")
     return 0
 
@@ -300,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="list every spec key with its default and meaning",
         description="List every spec key with its default and meaning.",
     )
-    keys.add_argument("section", nargs="?", help="only this section (model, data, lora, optim, ...)")
+    keys.add_argument(
+        "section", nargs="?", help="only this section (model, data, lora, optim, ...) or one dotted key (optim.lr_unet)"
+    )
     keys.set_defaults(func=cmd_keys)
 
     tiny = commands.add_parser(

@@ -6,8 +6,10 @@ types cannot say. Every rule reports the dotted key, the bad value and what is a
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Callable, Mapping
+import unicodedata
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from cover_hpc.config import (
     Problem,
 )
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: `$` also matches before a \n
 #: Keys a sweep may not vary: they name the experiment or the sweep itself.
 UNSWEEPABLE = ("name", "output_dir", "sweep")
 
@@ -31,7 +33,7 @@ def _rules(spec: ExperimentSpec) -> list[Rule]:
     above_zero = (lambda v: v > 0, "must be greater than 0")
     optional_positive = (lambda v: v is None or v >= 1, "must be 1 or more (or empty)")
     rules: list[Rule] = [
-        ("name", lambda v: bool(_NAME_RE.match(v)), "must be letters, digits, '.', '_' or '-'"),
+        ("name", lambda v: bool(_NAME_RE.fullmatch(v)), "must be letters, digits, '.', '_' or '-'"),
         ("data.max_caption_tokens", *positive),
         ("data.num_workers", *non_negative),
         ("lora.rank", *positive),
@@ -164,17 +166,17 @@ def _sweep_problems(spec: ExperimentSpec) -> list[Problem]:
     for kind, key, values in axes:
         path = f"sweep.{kind}.{key}"
         if key.split(".")[0] in UNSWEEPABLE:
-            problems.append(Problem(path, f"'{key}' cannot be swept; sweep a model, data or training key."))
+            problems.append(Problem(path, f"{key!r} cannot be swept; sweep a model, data or training key."))
             continue
         if key.startswith("slurm."):
-            problems.append(Problem(path, f"'{key}' cannot be swept: the training runs of an experiment form one "
+            problems.append(Problem(path, f"{key!r} cannot be swept: the training runs of an experiment form one "
                                           "SLURM array, which has one set of resources. Set it in slurm: and "
                                           "make one experiment per value."))  # fmt: skip
             continue
         try:
             tp = field_type(key)
         except KeyError as error:
-            problems.append(Problem(path, f"sweeps an unknown key '{key}'. {error.args[0]}".rstrip()))
+            problems.append(Problem(path, f"sweeps an unknown key {key!r}. {error.args[0]}".rstrip()))
             continue
         if not isinstance(values, tuple):
             problems.append(Problem(path, f"got {values!r}; give a list of values."))
@@ -195,6 +197,62 @@ def _sweep_problems(spec: ExperimentSpec) -> list[Problem]:
         listed = ", ".join(f"{k} has {n}" for k, n in lengths.items())
         problems.append(Problem("sweep.zip", f"zipped axes must have equal lengths: {listed}."))
     return problems
+
+
+#: Free text that never reaches the sbatch script or a path, so line breaks and tabs may be in it.
+FREE_TEXT_KEYS = ("infer.negative_prompt",)
+_LINE_SEPARATORS = "\u2028\u2029"  # not control characters to Unicode, but line breaks to many readers
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85" + _LINE_SEPARATORS
+
+
+def _setting(path: str) -> str:
+    """The key a value at ``path`` sets: a list item sets its list's key, a sweep value its axis's key."""
+    key = path.split("[")[0]
+    for axis in ("sweep.grid.", "sweep.zip."):
+        if key.startswith(axis):
+            return key[len(axis) :]
+    return key
+
+
+def control_character_problem(path: str, text: str) -> Problem | None:
+    """A problem when ``text``, set at ``path``, holds a control character or a line separator.
+
+    A line break in a value that reaches the sbatch script (job name, #SBATCH lines, setup lines)
+    ends its line and runs the rest as a command; in a path it names another file.
+    """
+    key = _setting(path)
+    allowed = "\n\t" if key in FREE_TEXT_KEYS else ""
+    bad = [c for c in text if c not in allowed and (unicodedata.category(c) == "Cc" or c in _LINE_SEPARATORS)]
+    if not bad:
+        return None
+    if key == "slurm.setup" and bad[0] in _LINE_BREAKS:
+        fix = "a setup line with a line break is two lines; give each line as its own list item"
+    elif key in FREE_TEXT_KEYS:
+        fix = "only line breaks and tabs are allowed in this text"
+    else:
+        fix = "a value that reaches the sbatch script or a path must be one line of printable text"
+    return Problem(path, f"got {text!r}; remove the control character {bad[0]!r} (U+{ord(bad[0]):04X}): {fix}.")
+
+
+def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """Every string in a spec (list items and sweep values too) with its dotted path."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from _strings(getattr(value, f.name), f"{path}.{f.name}" if path else f.name)
+    elif isinstance(value, str):
+        yield path, value
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{path}[{index}]")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(item, f"{path}.{key}")
+
+
+def control_problems(spec: ExperimentSpec) -> list[Problem]:
+    """Control characters in any string of the spec, walked generically so that new keys are covered."""
+    found = (control_character_problem(path, text) for path, text in _strings(spec, ""))
+    return [problem for problem in found if problem is not None]
 
 
 def spec_problems(spec: ExperimentSpec, lines: Mapping[str, int]) -> list[Problem]:
@@ -221,6 +279,7 @@ def spec_problems(spec: ExperimentSpec, lines: Mapping[str, int]) -> list[Proble
                     problems.append(Problem(f"sweep.{kind}.{problem.key}", message))
                 else:
                     problems.append(problem)
+    problems += control_problems(spec)
     return [
         Problem(p.key, p.message, p.line or lines.get(p.key) or lines.get(p.key.split("[")[0]), p.origin)
         for p in problems

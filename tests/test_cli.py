@@ -54,3 +54,33 @@ def test_bad_spec_is_one_paragraph_without_traceback(tmp_path: Path) -> None:
 def test_keys_documents_every_field() -> None:
     result = cover_hpc("keys", "optim")
     assert "optim.lr_unet = 0.0001\n    Learning rate of the UNet adapters." in result.stdout
+
+
+def test_keys_of_an_unknown_section_fails_naming_the_sections() -> None:
+    result = cover_hpc("keys", "optimm")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "no section or key 'optimm'; did you mean 'optim'?" in result.stderr
+    sections = "sections: model, data, lora, optim, train, distributed, validate, infer, slurm, sweep"
+    assert f"{sections}; top-level keys: name, output_dir" in result.stderr
+    assert "did you mean 'train.seed'?" in cover_hpc("keys", "train.sed").stderr
+
+
+def test_keys_of_one_dotted_key() -> None:
+    result = cover_hpc("keys", "optim.lr_unet")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "optim.lr_unet = 0.0001\n    Learning rate of the UNet adapters.\n"
+
+
+def test_hostile_specs_are_refused_without_traceback(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("lora:\n  unet_targets: " + "[" * 3000 + "]" * 3000 + "\n")
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"name: caf\xe9\n")
+    for spec, expected in [(deep, "line 2: nesting deeper than"), (latin1, "line 1: byte 0xe9"), (tmp_path, "folder")]:
+        result = cover_hpc("plan", str(spec), 'slurm.partition="gpu\\n#SBATCH --wrap=id"')
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr and expected in result.stderr
+    result = cover_hpc("plan", "configs/demo.yaml", "slurm.partition=gpu\nsrun id")
+    assert result.returncode == 2
+    assert "slurm.partition (set on the command line): got 'gpu\\nsrun id'; remove the control" in result.stderr

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -171,3 +173,269 @@ def test_original_recipe_config_matches_the_seed_facts() -> None:
     assert spec.optim.schedule == "constant_with_warmup" and spec.optim.warmup_steps == 950
     assert spec.train.mixed_precision == "fp16" and spec.train.batch_size == 3 and spec.train.epochs == 25
     assert spec.slurm.gpus_per_node == 3 and spec.train.seed == 42
+
+
+# --------------------------------------------------------------------------------------------
+# What the loader refuses: control characters, non-finite numbers, duplicate keys, oversized,
+# too deep or alias-bomb documents, files that are not UTF-8 text
+
+
+#: Every string key that reaches the sbatch script (job name, #SBATCH lines, setup) or a path.
+SCRIPT_KEYS = [
+    "name",
+    "output_dir",
+    "model.pretrained",
+    "model.vae",
+    "model.revision",
+    "model.variant",
+    "data.train_dir",
+    "data.test_dir",
+    "data.cache_dir",
+    "data.caption_column",
+    "data.image_column",
+    "validate.prompts",
+    "validate.clip_model",
+    "infer.books_file",
+    "slurm.partition",
+    "slurm.account",
+    "slurm.qos",
+    "slurm.constraint",
+]
+
+
+def yaml_setting(dotted: str, yaml_value: str) -> tuple[str, int]:
+    """A spec setting ``dotted`` to ``yaml_value``, and the line of its key."""
+    section, _, leaf = dotted.partition(".")
+    if not leaf:
+        return f"{section}: {yaml_value}\n", 1
+    return f"{section}:\n  {leaf}: {yaml_value}\n", 2
+
+
+@pytest.mark.parametrize("key", SCRIPT_KEYS)
+def test_newline_in_a_script_or_path_value_is_refused_in_yaml(tmp_path: Path, key: str) -> None:
+    text, line = yaml_setting(key, '"x\\nsrun rm -rf ~"')
+    message = problems_of(write(tmp_path, text))
+    assert f"line {line}: {key}: got 'x\\nsrun rm -rf ~'; remove the control character '\\n' (U+000A)" in message
+
+
+@pytest.mark.parametrize("key", SCRIPT_KEYS)
+@pytest.mark.parametrize("raw", ['"x\\nsrun rm -rf ~"', "x\nsrun rm -rf ~", "x\n#SBATCH --wrap=rm"])
+def test_newline_in_a_script_or_path_value_is_refused_on_the_command_line(key: str, raw: str) -> None:
+    # the second and third forms are a literal newline (e.g. $'...' in bash); YAML would fold it
+    # into a space or read the rest as a comment, so the raw text is checked before YAML reads it
+    message = problems_of(overrides=(f"{key}={raw}",))
+    assert f"{key} (set on the command line): got " in message
+    assert "remove the control character '\\n' (U+000A)" in message
+
+
+@pytest.mark.parametrize(
+    ("escape", "shown", "code"),
+    [
+        ("\\r", "\\r", "000D"),
+        ("\\t", "\\t", "0009"),
+        ("\\0", "\\x00", "0000"),
+        ("\\e", "\\x1b", "001B"),
+        ("\\x7f", "\\x7f", "007F"),
+        ("\\N", "\\x85", "0085"),
+        ("\\L", "\\u2028", "2028"),
+        ("\\P", "\\u2029", "2029"),
+    ],
+)
+def test_every_control_character_and_line_separator_is_refused(
+    tmp_path: Path, escape: str, shown: str, code: str
+) -> None:
+    message = problems_of(write(tmp_path, f'slurm:\n  partition: "gpu{escape}x"\n'))
+    assert f"line 2: slurm.partition: got 'gpu{shown}x'; remove the control character '{shown}' (U+{code})" in message
+
+
+def test_setup_line_with_a_newline_is_refused_with_the_list_fix(tmp_path: Path) -> None:
+    path = write(tmp_path, 'slurm:\n  setup:\n    - module load cuda\n    - "echo hi\\nrm -rf ~"\n')
+    message = problems_of(path)
+    assert "line 4: slurm.setup[1]: got 'echo hi\\nrm -rf ~'; remove the control character '\\n'" in message
+    assert "give each line as its own list item" in message
+    message = problems_of(overrides=('slurm.setup=["module load cuda", "echo hi\\nrm -rf ~"]',))
+    assert "slurm.setup[1] (set on the command line): got 'echo hi\\nrm -rf ~'" in message
+    assert "give each line as its own list item" in message
+
+
+def test_swept_string_with_a_newline_is_refused(tmp_path: Path) -> None:
+    message = problems_of(write(tmp_path, 'sweep:\n  grid:\n    model.pretrained: [base, "evil\\nrm -rf ~"]\n'))
+    assert "line 3: sweep.grid.model.pretrained[1]: got 'evil\\nrm -rf ~'; remove the control character" in message
+    message = problems_of(overrides=('sweep.zip.data.train_dir=[a, "b\\rc"]',))
+    assert "sweep.zip.data.train_dir[1] (set on the command line): got 'b\\rc'; remove the control character" in message
+
+
+def test_negative_prompt_is_free_text_with_line_breaks_only(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, 'infer:\n  negative_prompt: "blurry,\\n\\tlow quality"\n'))
+    assert spec.infer.negative_prompt == "blurry,\n\tlow quality"
+    spec = load_spec(overrides=('sweep.grid.infer.negative_prompt=["a\\nb", c]',))
+    assert spec.sweep.grid["infer.negative_prompt"] == ("a\nb", "c")
+    message = problems_of(write(tmp_path, 'infer:\n  negative_prompt: "blurry\\0"\n'))
+    assert "line 2: infer.negative_prompt: got 'blurry\\x00'; remove the control character '\\x00'" in message
+
+
+def test_name_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
+    message = problems_of(write(tmp_path, 'name: "qa\\n"\n'))
+    assert "line 1: name: got 'qa\\n'; must be letters, digits, '.', '_' or '-'." in message
+    message = problems_of(overrides=('name="qa\\n"',))
+    assert "name (set on the command line): got 'qa\\n'; must be letters, digits" in message
+
+
+@pytest.mark.parametrize(
+    ("setting", "shown"),
+    [
+        ("optim:\n  lr_unet: .inf\n", "line 2: optim.lr_unet: got inf; expected a finite number."),
+        ("optim:\n  lr_unet: -.inf\n", "line 2: optim.lr_unet: got -inf; expected a finite number."),
+        ("optim:\n  lr_unet: .nan\n", "line 2: optim.lr_unet: got nan; expected a finite number."),
+        ("optim:\n  max_grad_norm: .Inf\n", "line 2: optim.max_grad_norm: got inf; expected a finite number."),
+        ("validate:\n  guidance: .inf\n", "line 2: validate.guidance: got inf; expected a finite number."),
+        ("lora:\n  alpha: 1e999\n", "line 2: lora.alpha: got '1e999'; expected a finite number."),
+        ("train:\n  min_snr_gamma: .inf\n", "line 2: train.min_snr_gamma: got inf; expected a finite number"),
+        ("optim:\n  betas: [0.9, .inf]\n", "line 2: optim.betas: got [0.9, inf]; expected a finite number."),
+        (
+            "sweep:\n  grid:\n    optim.lr_unet: [1.0e-4, .inf]\n",
+            "line 3: sweep.grid.optim.lr_unet[1]: got inf; expected a finite number.",
+        ),
+    ],
+)
+def test_non_finite_numbers_are_refused_in_yaml(tmp_path: Path, setting: str, shown: str) -> None:
+    assert shown in problems_of(write(tmp_path, setting))
+
+
+@pytest.mark.parametrize("raw", ["inf", "-inf", "nan", "1e999", ".inf", "-1e999"])
+def test_non_finite_numbers_are_refused_on_the_command_line(raw: str) -> None:
+    message = problems_of(overrides=(f"optim.lr_unet={raw}",))
+    assert "optim.lr_unet (set on the command line): got" in message
+    assert "expected a finite number." in message
+
+
+def laughs(levels: int = 9, width: int = 9) -> str:
+    """The billion-laughs document: each level an anchored list of ``width`` aliases of the one before."""
+    rows = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+    rows += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels)]
+    return "\n".join(rows) + f"\nlora:\n  unet_targets: *l{levels - 1}\n"
+
+
+def mapping_bomb(levels: int = 9, width: int = 9, merge: bool = False) -> str:
+    """Nested anchored mappings; with ``merge`` each level merges the one before ``width`` times."""
+    keys = [chr(ord("a") + i) for i in range(width)]
+    rows = [f"m0: &m0 {{{', '.join(f'{k}: 1' for k in keys)}}}"]
+    for i in range(1, levels):
+        if merge:
+            rows.append(f"m{i}: &m{i} {{<<: [{', '.join([f'*m{i - 1}'] * width)}]}}")
+        else:
+            rows.append(f"m{i}: &m{i} {{{', '.join(f'{k}: *m{i - 1}' for k in keys)}}}")
+    return "\n".join(rows) + f"\ntrain:\n  <<: *m{levels - 1}\n"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("text", [laughs(), mapping_bomb(), mapping_bomb(merge=True)], ids=["list", "map", "merge"])
+def test_alias_bombs_are_refused_quickly(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    started = time.process_time()
+    message = problems_of(path)
+    assert time.process_time() - started < 1.0
+    assert "more than 10,000 values once its aliases are expanded" in message
+    assert "(1 problem)" in message
+
+
+def test_alias_bomb_in_an_override_is_refused() -> None:
+    value = "[" + ", ".join(["&a [" + ", ".join(["x"] * 9) + "]"] + ["*a"] * 8) + "]"
+    assert load_spec(overrides=(f"sweep.grid.lora.unet_targets={value}",)).sweep.grid  # 81 values: fine
+    value = "[&a [x, x, x, x, x, x, x, x, x, x], &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a], "
+    value += "&c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b], [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]]"
+    message = problems_of(overrides=(f"sweep.grid.lora.unet_targets={value}",))
+    assert "sweep.grid.lora.unet_targets (set on the command line): more than 10,000 values" in message
+
+
+def test_an_alias_inside_its_own_anchor_is_refused(tmp_path: Path) -> None:
+    message = problems_of(write(tmp_path, "lora:\n  unet_targets: &a [to_q, *a]\n"))
+    assert "line 2: an alias refers to the list or mapping that holds it" in message
+
+
+def test_small_anchors_aliases_and_merge_keys_still_work(tmp_path: Path) -> None:
+    text = (
+        "validate: &sampling\n  steps: 30\n  guidance: 6.0\n"
+        "infer:\n  <<: *sampling\n  steps: 40\n"
+        "optim:\n  lr_unet: &lr 2.0e-4\n  lr_text_encoder: *lr\n"
+    )
+    spec = load_spec(write(tmp_path, text))
+    assert (spec.validate.steps, spec.infer.steps, spec.infer.guidance) == (30, 40, 6.0)
+    assert spec.optim.lr_text_encoder == spec.optim.lr_unet == 2e-4
+    # a merged key that is wrong is reported at the line it came from
+    message = problems_of(write(tmp_path, text.replace("guidance: 6.0", "guidance: -1")))
+    assert "line 3: validate.guidance: got -1.0" in message and "line 3: infer.guidance: got -1.0" in message
+
+
+@pytest.mark.parametrize("opening", ["[", "{a: "], ids=["lists", "mappings"])
+def test_deep_nesting_is_refused_in_a_file_and_an_override(tmp_path: Path, opening: str) -> None:
+    closing = "]" if opening == "[" else "}"
+    deep = opening * 3000 + closing * 3000
+    message = problems_of(write(tmp_path, f"lora:\n  unet_targets: {deep}\n"))
+    assert "line 2: nesting deeper than 32 levels" in message
+    message = problems_of(overrides=(f"lora.unet_targets={deep}",))
+    assert "lora.unet_targets (set on the command line): nesting deeper than 32 levels" in message
+
+
+def test_oversized_spec_is_refused(tmp_path: Path) -> None:
+    message = problems_of(write(tmp_path, "# " + "x" * (1 << 20) + "\nname: big\n"))
+    assert "larger than 1 MiB" in message
+
+
+def test_key_given_twice_is_refused_with_both_lines(tmp_path: Path) -> None:
+    message = problems_of(write(tmp_path, "train:\n  batch_size: 2\n  epochs: 3\n  batch_size: 4\n"))
+    assert "line 4: train.batch_size: given twice, on lines 2 and 4; keep one." in message
+    text = "train:\n  batch_size: 2\noptim:\n  lr_unet: 1.0e-4\ntrain:\n  epochs: 3\n"
+    message = problems_of(write(tmp_path, text))
+    assert "line 5: train: given twice, on lines 1 and 5; keep one" in message
+    message = problems_of(write(tmp_path, "name: a\nname: b\nname: c\n"))
+    assert "line 3: name: given 3 times, on lines 1, 2 and 3; keep one." in message
+    message = problems_of(overrides=("sweep.grid={lora.rank: [4], lora.rank: [8]}",))
+    assert "sweep.grid.lora.rank (set on the command line): given twice; keep one." in message
+
+
+def test_non_utf8_spec_names_the_line_column_and_fix(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"optim:\n  lr_unet: 1.0e-4\nname: caf\xe9\n")
+    message = problems_of(path)
+    assert f"invalid experiment spec {path}" in message
+    assert "line 3: byte 0xe9 at column 10 is not UTF-8; save the file as UTF-8." in message
+
+
+def test_utf8_bom_is_accepted_and_lines_still_count(tmp_path: Path) -> None:
+    path = tmp_path / "bom.yaml"
+    path.write_bytes(b"\xef\xbb\xbfoptim:\n  lr_unet: 2.0e-4\n")
+    assert load_spec(path).optim.lr_unet == 2e-4
+    path.write_bytes(b"\xef\xbb\xbfoptim:\n  lr_unet: -1\n")
+    assert "line 2: optim.lr_unet: got -1.0" in problems_of(path)
+
+
+def test_control_character_in_the_file_itself_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "nul.yaml"
+    path.write_bytes(b"name: a\noutput_dir: b\x00c\n")
+    assert "line 2: character '\\x00' (U+0000) is not allowed in a YAML file; remove it." in problems_of(path)
+
+
+def test_spec_path_that_is_a_folder(tmp_path: Path) -> None:
+    assert f"{tmp_path} is a folder, not a spec file" in problems_of(tmp_path)
+
+
+def test_unreadable_spec_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "name: a\n")
+    real_open = Path.open
+
+    def deny(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", deny)
+    assert f"cannot read {path}: permission denied" in problems_of(path)
+
+
+def test_huge_integer_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    message = problems_of(write(tmp_path, f"train:\n  epochs: {'9' * 5000}\n"))
+    assert "line 2: cannot read this value: Exceeds the limit (4300 digits)" in message
+    message = problems_of(overrides=(f"train.epochs={'9' * 5000}",))
+    assert "train.epochs (set on the command line): cannot read this value: Exceeds the limit" in message
+    assert "sys.set_int_max_str_digits" not in message
