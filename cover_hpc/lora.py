@@ -9,6 +9,7 @@ checks that every adapted module of every part came back.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,34 +195,67 @@ def verify_lora_file(pipeline: Any, weights: Path, expected: dict[str, set[str]]
 _KOHYA_SUFFIX = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight"}
 
 
+def _kohya_key(diffusers_file: Path, key: str) -> tuple[str, str, str]:
+    """(part, kohya module name, diffusers suffix) of one key of a diffusers LoRA file."""
+    part, _, rest = key.partition(".")
+    match = re.fullmatch(r"(.+)\.(lora_A\.weight|lora_B\.weight)", rest)
+    if part not in KOHYA_PREFIX or not match:
+        raise ValueError(f"{diffusers_file}: unexpected key {key!r}")
+    module_path, suffix = match.groups()
+    if part != "unet" and not module_path.startswith("text_model."):
+        module_path = f"text_model.{module_path}"  # kohya names follow transformers 4's layout
+    return part, f"{KOHYA_PREFIX[part]}_{module_path.replace('.', '_')}", suffix
+
+
+def kohya_alpha(adapter: dict[str, Any], part: str, rank: int) -> float:
+    """The kohya ``.alpha`` of a module of ``rank`` that gives it the scale diffusers/PEFT load it with.
+
+    kohya loaders scale by alpha / (the module's rank). PEFT scales by ``lora_alpha / r`` from the
+    part's adapter metadata (``lora_alpha / sqrt(r)`` with rsLoRA; :func:`save_lora` stores one
+    ``r`` and ``lora_alpha`` per part, no per-module patterns); without metadata, diffusers assumes
+    alpha = rank, a scale of 1. Never a weight's shape: lora_B's first dimension is the module's
+    output size.
+    """
+    alpha = adapter.get(f"{part}.lora_alpha")
+    if alpha is None:
+        return float(rank)
+    r = adapter.get(f"{part}.r") or rank
+    scale = alpha / (math.sqrt(r) if adapter.get(f"{part}.use_rslora") else r)
+    return float(scale * rank)
+
+
+def _alpha_tensor(alpha: float) -> torch.Tensor:
+    """fp16 like the weights where that is exact (every integer up to 2048), else fp32."""
+    half = torch.tensor(alpha, dtype=torch.float16)
+    return half if float(half) == alpha else torch.tensor(alpha, dtype=torch.float32)
+
+
+def _fp16(tensor: torch.Tensor, key: str) -> torch.Tensor:
+    half = tensor.to(torch.float16)
+    if not torch.isfinite(half).all():
+        raise ValueError(f"{key}: LoRA weights beyond fp16's range (|w| > 65504); cannot write the kohya export")
+    return half
+
+
 def export_kohya(diffusers_file: Path, out: Path) -> Path:
     """Re-key a diffusers LoRA file for kohya-ss / ComfyUI: ``lora_unet_<module_path>.lora_down.weight``.
 
     Module paths keep diffusers' names with dots turned into underscores (the form ComfyUI and
-    diffusers' own kohya converter both read); each module gets an ``.alpha`` tensor.
+    diffusers' own kohya converter both read); each module gets an ``.alpha`` tensor (see
+    :func:`kohya_alpha`). Weights are written in fp16, as kohya files are (half the size); the
+    diffusers file is only read.
     """
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     converted: dict[str, torch.Tensor] = {}
-    alphas: dict[str, float] = {}
     with safe_open(str(diffusers_file), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        adapter = json.loads(metadata.get("lora_adapter_metadata", "{}"))
+        adapter = json.loads((handle.metadata() or {}).get("lora_adapter_metadata", "{}"))
         for key in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
-            part, _, rest = key.partition(".")
-            match = re.fullmatch(r"(.+)\.(lora_A\.weight|lora_B\.weight)", rest)
-            if part not in KOHYA_PREFIX or not match:
-                raise ValueError(f"{diffusers_file}: unexpected key {key!r}")
-            module_path, suffix = match.groups()
-            if part != "unet" and not module_path.startswith("text_model."):
-                module_path = f"text_model.{module_path}"  # kohya names follow transformers 4's layout
-            name = f"{KOHYA_PREFIX[part]}_{module_path.replace('.', '_')}"
-            converted[f"{name}.{_KOHYA_SUFFIX[suffix]}"] = handle.get_tensor(key)
-            alpha = adapter.get(f"{part}.lora_alpha")
-            rank = adapter.get(f"{part}.r")
-            alphas[name] = float(alpha if alpha is not None else (rank or handle.get_tensor(key).shape[0]))
-    for name, alpha in alphas.items():
-        converted[f"{name}.alpha"] = torch.tensor(alpha)
+            part, name, suffix = _kohya_key(diffusers_file, key)
+            tensor = handle.get_tensor(key)
+            converted[f"{name}.{_KOHYA_SUFFIX[suffix]}"] = _fp16(tensor, key)
+            if suffix == "lora_A.weight":  # once per module; its rank is lora_A's first dimension
+                converted[f"{name}.alpha"] = _alpha_tensor(kohya_alpha(adapter, part, tensor.shape[0]))
     save_file(converted, str(out), metadata={"ss_network_module": "networks.lora", "format": "pt"})
     return out
