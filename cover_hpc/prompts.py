@@ -90,7 +90,16 @@ def read_books(path: Path) -> BooksFile:
     books: list[Book] = []
     problems: list[str] = []
     seen: set[str] = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    # bytes, split before decoding: a line that is not UTF-8 is skipped alone, a UTF-8 byte-order
+    # mark (Windows editors write one) is dropped, and U+2028 inside a JSON string cuts no line
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            byte, column = error.object[error.start], error.start + 1
+            problems.append(f"{path}:{number}: bytes that are not UTF-8 (0x{byte:02x} at byte {column}); line skipped")
+            continue
         if not line.strip():
             continue
         try:

@@ -6,12 +6,23 @@ import json
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from cover_hpc.cache import DiskCache
 from cover_hpc.config import DataConfig
-from cover_hpc.data import DataError, EpochBatchSampler, bucket_sizes, nearest_bucket, read_metadata, scan
+from cover_hpc.data import (
+    BadSample,
+    DataError,
+    EpochBatchSampler,
+    bucket_sizes,
+    load_pixels,
+    nearest_bucket,
+    read_metadata,
+    report_bad,
+    scan,
+)
 from cover_hpc.env import dist_env
 from cover_hpc.prompts import CLIP_WINDOW, encode_chunks, num_chunks, tokenize_chunks
 
@@ -157,3 +168,221 @@ def test_dist_env_from_torchrun_slurm_or_nothing() -> None:
     assert (slurm.rank, slurm.world_size, slurm.local_world_size, slurm.master_addr) == (2, 4, 2, "gpu07")
     alone = dist_env({})
     assert (alone.rank, alone.world_size) == (0, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Image modes: every mode the data path opens gives the pixels of its 8-bit rendering.
+
+
+def _png(path: Path, width: int, height: int, bit_depth: int, colour_type: int, rows: list[bytes]) -> Path:
+    """A PNG written by hand: PIL cannot write 16-bit RGB(A) PNGs."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    pixels = zlib.compress(b"".join(b"\x00" + row for row in rows))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
+
+
+def _gradient() -> np.ndarray:
+    return np.tile(np.arange(256, dtype=np.uint16), (4, 1))  # 4 x 256, every 8-bit level
+
+
+@pytest.mark.parametrize(
+    ("mode", "suffix"),
+    [("I;16", ".png"), ("I;16B", ".tif"), ("I", ".pgm"), ("I", ".tif"), ("F", ".tif")],
+)
+def test_high_bit_depth_gray_is_scaled_not_clipped(tmp_path: Path, mode: str, suffix: str) -> None:
+    from PIL import Image
+
+    levels = _gradient()
+    Image.fromarray(levels.astype(np.uint8)).save(tmp_path / "eight.png")
+    values = {"F": (levels / 255).astype(np.float32), "I": (levels * 257).astype(np.int32)}
+    image = Image.fromarray(values.get(mode, (levels * 257).astype(np.uint16)))
+    if mode == "I;16B":  # built from bytes: PIL's convert() to I;16B clips at 255 too
+        image = Image.frombytes("I;16B", (256, 4), (levels * 257).astype(">u2").tobytes())
+    image.save(tmp_path / f"deep{suffix}")
+    with Image.open(tmp_path / f"deep{suffix}") as opened:
+        assert opened.mode == mode  # the file really opens in the mode under test
+    expected = load_pixels(tmp_path / "eight.png", (4, 256))
+    got = load_pixels(tmp_path / f"deep{suffix}", (4, 256))
+    assert torch.allclose(got, expected, atol=2 / 255)  # [-1, 1] spans 2: one 8-bit level
+    assert float(got.mean()) < 0.1  # a gradient, not a white page
+
+
+@pytest.mark.parametrize(("colour_type", "channels"), [(2, 3), (6, 4)])
+def test_16_bit_rgb_png_matches_its_8_bit_rendering(tmp_path: Path, colour_type: int, channels: int) -> None:
+    from PIL import Image
+
+    levels = _gradient()
+    rgb = np.stack([levels, 255 - levels, (levels * 7) % 256, np.full_like(levels, 255)][:channels], axis=-1)
+    deep = (rgb * 257).astype(">u2")
+    _png(tmp_path / "deep.png", 256, 4, 16, colour_type, [row.tobytes() for row in deep])
+    Image.fromarray(rgb.astype(np.uint8)).save(tmp_path / "eight.png")
+    got, expected = load_pixels(tmp_path / "deep.png", (4, 256)), load_pixels(tmp_path / "eight.png", (4, 256))
+    assert torch.allclose(got, expected, atol=2 / 255)
+
+
+def _white_and_colour(mode: str, tmp_path: Path) -> Path:
+    """A 2-pixel image of ``mode``: pixel 0 fully transparent, pixel 1 opaque (10, 20, 30) or gray 100."""
+    from PIL import Image
+
+    path = tmp_path / f"{mode.replace(';', '')}.png"
+    if mode == "RGBA":
+        Image.frombytes("RGBA", (2, 1), bytes([0, 0, 0, 0, 10, 20, 30, 255])).save(path)
+    elif mode == "LA":
+        Image.frombytes("LA", (2, 1), bytes([0, 0, 100, 255])).save(path)
+    elif mode == "P":
+        image = Image.frombytes("P", (2, 1), bytes([0, 1]))
+        image.putpalette([0, 0, 0, 10, 20, 30])
+        image.save(path, transparency=0)
+    elif mode == "L":  # a colour key: the tRNS value 7 is transparent
+        Image.frombytes("L", (2, 1), bytes([7, 100])).save(path, transparency=7)
+    elif mode == "RGB":
+        Image.frombytes("RGB", (2, 1), bytes([1, 2, 3, 10, 20, 30])).save(path, transparency=(1, 2, 3))
+    elif mode == "I;16":
+        Image.fromarray(np.array([[7, 100 * 257]], dtype=np.uint16)).save(path, transparency=7)
+    with Image.open(path) as opened:
+        assert opened.mode == mode
+    return path
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "RGB", "I;16"])
+def test_transparency_is_composited_over_white(tmp_path: Path, mode: str) -> None:
+    pixels = load_pixels(_white_and_colour(mode, tmp_path), (1, 2))
+    colour = [100, 100, 100] if mode in ("LA", "L", "I;16") else [10, 20, 30]
+    expected = torch.tensor([[255, 255, 255], colour], dtype=torch.float32).T.reshape(3, 1, 2) / 127.5 - 1
+    assert torch.allclose(pixels, expected, atol=1e-6)
+
+
+def test_half_transparent_pixels_blend_with_white(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.frombytes("RGBA", (1, 1), bytes([0, 0, 0, 128])).save(tmp_path / "half.png")
+    assert torch.allclose(load_pixels(tmp_path / "half.png", (1, 1)), torch.full((3, 1, 1), 127 / 127.5 - 1), atol=0.01)
+
+
+@pytest.mark.parametrize(("mode", "suffix"), [("1", ".png"), ("P", ".png"), ("CMYK", ".tif"), ("YCbCr", ".tif"),
+                                              ("LAB", ".tif"), ("RGB", ".jpg")])  # fmt: skip
+def test_other_modes_give_their_rgb_rendering(tmp_path: Path, mode: str, suffix: str) -> None:
+    from PIL import Image
+
+    levels = _gradient()
+    rgb = Image.fromarray(np.stack([levels, 255 - levels, (levels * 3) % 256], axis=-1).astype(np.uint8))
+    path = tmp_path / f"image{suffix}"
+    rgb.convert(mode).save(path)
+    with Image.open(path) as opened:
+        assert opened.mode == mode
+        expected = np.asarray(opened.convert("RGB"), dtype=np.float32)
+    got = load_pixels(path, (4, 256)).permute(1, 2, 0).add(1).mul(127.5).numpy()
+    assert np.abs(got - expected).max() < 0.01
+
+
+# --------------------------------------------------------------------------------------------
+# Metadata: duplicates, encodings, malformed lines, and where a bad sample is.
+
+
+def _folder(tmp_path: Path, metadata: bytes, images: tuple[str, ...] = ("a.png", "b.png")) -> Path:
+    from PIL import Image
+
+    folder = tmp_path / "set"
+    folder.mkdir(exist_ok=True)
+    for name in images:
+        Image.new("RGB", (64, 64), (200, 10, 10)).save(folder / name)
+    (folder / "metadata.jsonl").write_bytes(metadata)
+    return folder
+
+
+def _report(folder: Path, bad: list[BadSample], policy: str = "fail") -> str:
+    """What report_bad says, through the (file, reason) tuples train.py passes on."""
+    as_tuples = [(item.file, item.reason) for item in bad]  # train.load_samples
+    with pytest.raises(DataError) as error:
+        report_bad(folder, [BadSample(file, reason) for file, reason in as_tuples], policy)  # train.build
+    return str(error.value)
+
+
+def test_a_file_listed_twice_is_reported_with_both_lines_and_trained_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = _folder(tmp_path, b'{"file_name": "a.png", "text": "first"}\n'
+                               b'{"file_name": "b.png", "text": "other"}\n'
+                               b'{"file_name": "./a.png", "text": "second"}\n')  # fmt: skip
+    samples, bad = scan(folder, DataConfig(size=(64, 64)), decode=True)
+    assert [(s.path.name, s.caption) for s in samples] == [("a.png", "first"), ("b.png", "other")]
+    message = _report(folder, bad)
+    assert "metadata.jsonl:3: ./a.png: listed again: line 1 already has it" in message
+    report_bad(folder, bad, "skip")
+    assert "metadata.jsonl:3: ./a.png: listed again" in caplog.text
+
+
+def test_csv_duplicates_bom_and_undecodable_record(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, b"")
+    (folder / "metadata.jsonl").unlink()
+    (folder / "metadata.csv").write_bytes(
+        b'\xef\xbb\xbffile_name,text\na.png,"two\nlines"\nb.png,caf\xe9\nb.png,ok\na.png,again\n'
+    )
+    samples, bad = scan(folder, DataConfig(size=(64, 64)), decode=False)
+    assert [(s.path.name, s.caption) for s in samples] == [("a.png", "two\nlines"), ("b.png", "ok")]
+    assert [b.file for b in bad] == ["metadata.csv:4", "metadata.csv:6: a.png"]
+    assert "bytes that are not UTF-8 (0xe9)" in bad[0].reason and "line 2 already has it" in bad[1].reason
+
+
+def test_byte_order_mark_keeps_the_first_row(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, b'\xef\xbb\xbf{"file_name": "a.png", "text": "x"}\n')
+    assert read_metadata(folder) == [{"file_name": "a.png", "text": "x"}]
+    samples, bad = scan(folder, DataConfig(size=(64, 64)), decode=False)
+    assert len(samples) == 1 and not bad
+
+
+def test_utf16_metadata_is_refused_with_the_fix(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, '{"file_name": "a.png", "text": "x"}\n'.encode("utf-16"))
+    with pytest.raises(DataError, match=r"UTF-16.*save it as UTF-8"):
+        scan(folder, DataConfig(size=(64, 64)), decode=False)
+
+
+BAD_LINES = (
+    b'{"file_name": "a.png", "text": "ok"}\n'
+    b'{"file_name": "b.png", "text": "caf\xe9"}\n'
+    b"{oops\n"
+    b"[1, 2]\n"
+    b'{"text": "no file"}\n'
+    b'{"file_name": "missing.png", "text": "gone"}\n'
+    b'{"file_name": "b.png", "text": ""}\n'
+)
+
+
+def test_bad_metadata_lines_are_skipped_alone_under_skip(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = _folder(tmp_path, BAD_LINES)
+    samples, bad = scan(folder, DataConfig(size=(64, 64), on_bad_sample="skip"), decode=True)
+    assert [s.path.name for s in samples] == ["a.png"]
+    report_bad(folder, bad, "skip")
+    for expected in (
+        "metadata.jsonl:2: bytes that are not UTF-8 (0xe9 at byte 36 of the line)",
+        "metadata.jsonl:3: not valid JSON",
+        "metadata.jsonl:4: expected a JSON object, got list",
+        "metadata.jsonl:5: no 'file_name' value (data.image_column)",
+        "metadata.jsonl:6: missing.png: unreadable image",
+        "metadata.jsonl:7: b.png: missing or empty caption",
+    ):
+        assert expected in caplog.text
+    assert "{'text'" not in caplog.text  # a row is never shown as a Python dict
+
+
+def test_bad_metadata_lines_are_refused_by_file_and_line_under_fail(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, BAD_LINES)
+    _, bad = scan(folder, DataConfig(size=(64, 64), on_bad_sample="fail"), decode=True)
+    message = _report(folder, bad)
+    assert "6 bad sample(s)" in message and "metadata.jsonl:2: bytes that are not UTF-8" in message
+    assert "metadata.jsonl:5: no 'file_name' value" in message and "data.on_bad_sample: skip" in message
+    with pytest.raises(DataError, match=r"metadata.jsonl:2: bytes that are not UTF-8 \(0xe9"):
+        read_metadata(folder)  # validation's strict read names the file and line too
+
+
+def test_a_bad_image_found_by_the_latent_cache_gets_its_metadata_line(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, b'{"file_name": "a.png", "text": "x"}\n{"file_name": "sub/b.png", "text": "y"}\n')
+    message = _report(folder, [BadSample("b.png", "unreadable image (truncated)")])  # path.name, as train.py gives
+    assert "metadata.jsonl:2: sub/b.png: unreadable image (truncated)" in message
