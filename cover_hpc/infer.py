@@ -46,7 +46,10 @@ def shard_of(books: list[Book], shard: int, shards: int) -> list[Book]:
 
 
 def image_name(book: Book) -> str:
-    return f"{safe_name(book.book_id)}.png"
+    """``<readable prefix>-<hash>.png``, one per id: the prefix folds characters ('a/b' and 'a_b',
+    any two CJK ids) and is cut at 80, so 10 hex of the exact id's sha256 keep names apart."""
+    digest = hashlib.sha256(book.book_id.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{safe_name(book.book_id)[:80]}-{digest}.png"
 
 
 def done_books(manifest: Path, images: Path) -> dict[str, dict[str, Any]]:
