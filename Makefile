@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.cover-hpc-installed
-SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
 .PHONY: venv system-deps demo test lint format typecheck unit clean-demo
 
@@ -14,9 +13,13 @@ $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -e .
-	@# Any Python in the venv gets the torchvision hook, not only cover-hpc's own processes.
-	echo "import cover_hpc  # makes a CUDA-built torchvision importable on a CPU-only torch" \
-		> "$(SITE)/zz_cover_hpc_torchvision.pth"
+	@# Any Python in the venv gets the torchvision hook, not only cover-hpc's own processes. The
+	@# site-packages folder is asked of the venv's Python here, in the recipe: a make variable would
+	@# be expanded before the venv exists (and the file would land at the filesystem root).
+	site="$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" && \
+		test -d "$$site" && \
+		echo "import cover_hpc  # makes a CUDA-built torchvision importable on a CPU-only torch" \
+		> "$$site/zz_cover_hpc_torchvision.pth"
 	touch $(STAMP)
 
 venv: $(STAMP)

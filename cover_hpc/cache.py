@@ -90,8 +90,14 @@ class DiskCache:
         return [key for key in keys if not self.has(key) and self.bad_reason(key) is None]
 
 
+#: Version of how images are decoded into pixels (cover_hpc.data.to_rgb). Raised whenever decoding
+#: changes, so that latents cached by an older decoder are not reused (v2: 16-bit and float images
+#: scaled instead of clipped, transparency over white).
+DECODER_VERSION = 2
+
+
 def latent_cache(root: Path, vae_hash: str, size: tuple[int, int]) -> DiskCache:
-    return DiskCache(root / "latents" / vae_hash / f"{size[0]}x{size[1]}")
+    return DiskCache(root / "latents" / f"{vae_hash}-d{DECODER_VERSION}" / f"{size[0]}x{size[1]}")
 
 
 def text_cache(root: Path, encoders_hash: str) -> DiskCache:

@@ -13,6 +13,7 @@ from typing import Any
 
 from cover_hpc import env
 from cover_hpc.config import ExperimentSpec, Problem, SpecError, field_help, load_spec, to_dict
+from cover_hpc.locks import Busy
 from cover_hpc.paths import ExperimentPaths
 from cover_hpc.sweep import Run, expand
 
@@ -441,6 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:  # bad input named by the stage: no traceback
         print(f"cover-hpc: {error}", file=sys.stderr)
         return 1
+    except Busy as error:  # another process works on the same experiment or run
+        print(f"cover-hpc: {error}; wait for it to finish, or stop it, then run this again", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

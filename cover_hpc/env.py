@@ -125,3 +125,23 @@ def is_interactive() -> bool:
     import sys
 
     return sys.stderr.isatty()
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    """The SLURM job this process runs in: its id as scontrol takes it, and how often it was requeued."""
+
+    job_id: str  # "<array>_<task>" for an array task, else the job id
+    restarts: int  # SLURM_RESTART_COUNT: requeues of this job so far
+
+
+def slurm_job(environ: Mapping[str, str] | None = None) -> SlurmJob | None:
+    """This process's SLURM job, or None outside SLURM (a local or in-process run)."""
+    env = os.environ if environ is None else environ
+    if "SLURM_JOB_ID" not in env or env.get("SUBMITIT_EXECUTOR") == "local":
+        return None
+    if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env:
+        job_id = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    else:
+        job_id = env["SLURM_JOB_ID"]
+    return SlurmJob(job_id, int(env.get("SLURM_RESTART_COUNT", "0") or 0))

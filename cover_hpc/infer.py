@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cover_hpc import atomic, env
+from cover_hpc import atomic, env, locks, preemption
 from cover_hpc.config import ExperimentSpec
-from cover_hpc.paths import RunPaths
+from cover_hpc.paths import InferencePaths, RunPaths
 from cover_hpc.prompts import Book, book_caption, read_books
 from cover_hpc.sampling import load_generator
 from cover_hpc.validate import safe_name
@@ -35,6 +35,7 @@ class ShardResult:
     skipped: int
     seconds: float
     problems: list[str]
+    requeues: int = 0  # SLURM requeues of this shard's job
 
 
 def book_seed(base: int, book_id: str) -> int:
@@ -68,22 +69,35 @@ def done_books(manifest: Path, images: Path) -> dict[str, dict[str, Any]]:
 
 
 def infer_shard(spec: ExperimentSpec, paths: RunPaths, shard: int) -> ShardResult:
-    """Generate the covers of one shard; merge all manifests if this was the last shard to finish."""
-    env.set_offline_defaults()
+    """Generate the covers of one shard into ``<run>/infer/<key>/``; merge all manifests if this was
+    the last shard to finish.
+
+    One process at a time runs a shard (a second is turned away before it touches a file); a stop
+    request (SLURM's signal) raises :class:`cover_hpc.preemption.Stopped` between batches, and the
+    next start generates only what is missing.
+    """
+    from cover_hpc.runs import inference_key
+
     config = spec.infer
-    if not config.books_file:
-        raise ValueError(
-            "infer.books_file is not set; give a JSONL of books (id, title, publisher, genres, description)"
-        )
     if not 0 <= shard < config.shards:
         raise ValueError(f"shard {shard} is outside 0..{config.shards - 1} (infer.shards={config.shards})")
+    out = paths.inference(inference_key(spec))
+    with locks.held(out.lock, f"inference shard {shard} of run {paths.root.name} in {out.root}", slot=shard):
+        preemption.check()
+        return _infer_shard(spec, paths, out, shard)
+
+
+def _infer_shard(spec: ExperimentSpec, paths: RunPaths, out: InferencePaths, shard: int) -> ShardResult:
+    env.set_offline_defaults()
+    config = spec.infer
+    assert config.books_file
     books_file = read_books(Path(config.books_file))
     for problem in books_file.problems:
         log.warning(problem)
     mine = shard_of(books_file.books, shard, config.shards)
-    manifest = paths.infer_manifest(shard)
-    paths.infer_images.mkdir(parents=True, exist_ok=True)
-    done = done_books(manifest, paths.infer_images)
+    manifest = out.manifest(shard)
+    out.images.mkdir(parents=True, exist_ok=True)
+    done = done_books(manifest, out.images)
     todo = [book for book in mine if book.book_id not in done]
     if done:  # rewrite the manifest without lines whose image was lost
         atomic.write_text(manifest, "".join(json.dumps(r) + "\n" for r in done.values()))
@@ -94,6 +108,7 @@ def infer_shard(spec: ExperimentSpec, paths: RunPaths, shard: int) -> ShardResul
             config.compile, config.vae_tiling,
         )  # fmt: skip
         for start in range(0, len(todo), config.batch_size):
+            preemption.check()  # a stop request ends the shard between batches; finished covers are kept
             batch = todo[start : start + config.batch_size]
             prompts = [book_caption(b) for b in batch]
             seeds = [book_seed(config.seed, b.book_id) for b in batch]
@@ -103,35 +118,37 @@ def infer_shard(spec: ExperimentSpec, paths: RunPaths, shard: int) -> ShardResul
             seconds += spent
             with manifest.open("a") as handle:
                 for book, prompt, seed, image in zip(batch, prompts, seeds, images, strict=True):
-                    target = paths.infer_images / image_name(book)
+                    target = out.images / image_name(book)
                     atomic.save_image(image, target)
                     record = {"book_id": book.book_id, "prompt": prompt, "seed": seed,
                               "image": f"images/{target.name}", "seconds": spent / len(batch)}  # fmt: skip
                     handle.write(json.dumps(record) + "\n")
                     handle.flush()
+    job = env.slurm_job()
     result = ShardResult(
-        shard, config.shards, len(mine), len(todo), len(mine) - len(todo), seconds, books_file.problems
-    )
-    atomic.write_json(paths.infer_shard_done(shard), result.__dict__)
-    merge_manifests(paths, books_file.books, config.shards)
+        shard, config.shards, len(mine), len(todo), len(mine) - len(todo), seconds, books_file.problems,
+        job.restarts if job else 0,
+    )  # fmt: skip
+    atomic.write_json(out.shard_done(shard), result.__dict__)
+    merge_manifests(out, books_file.books, config.shards)
     return result
 
 
-def merge_manifests(paths: RunPaths, books: list[Book], shards: int) -> Path | None:
+def merge_manifests(out: InferencePaths, books: list[Book], shards: int) -> Path | None:
     """Write the merged manifest (in books-file order) once every shard has finished."""
-    if not all(paths.infer_shard_done(k).is_file() for k in range(shards)):
+    if not all(out.shard_done(k).is_file() for k in range(shards)):
         return None
     records: dict[str, dict[str, Any]] = {}
     for shard in range(shards):
-        records.update(done_books(paths.infer_manifest(shard), paths.infer_images))
+        records.update(done_books(out.manifest(shard), out.images))
     ordered = [records[b.book_id] for b in books if b.book_id in records]
-    atomic.write_text(paths.infer_manifest(), "".join(json.dumps(r) + "\n" for r in ordered))
-    return paths.infer_manifest()
+    atomic.write_text(out.manifest(), "".join(json.dumps(r) + "\n" for r in ordered))
+    return out.manifest()
 
 
-def infer_run(run_dir: Path, shard: int) -> ShardResult:
-    """Run one inference shard of the run whose folder holds its resolved ``config.json``."""
+def infer_run(run_dir: Path, shard: int, spec: ExperimentSpec | None = None) -> ShardResult:
+    """Run one inference shard of a run with ``spec`` (as submitted), or the one in its ``config.json``."""
     from cover_hpc.runs import load_run_spec
 
     paths = RunPaths(Path(run_dir).absolute())
-    return infer_shard(load_run_spec(paths), paths, shard)
+    return infer_shard(spec or load_run_spec(paths), paths, shard)

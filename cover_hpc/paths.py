@@ -4,8 +4,8 @@
     experiment.json                  the spec, the runs, job ids per stage, requeue counts
     <run_id>/config.json             the run's resolved config
     <run_id>/train/                  checkpoints/, LoRA weights, train_result.json, metrics.jsonl
-    <run_id>/validate/               images/, validation.json
-    <run_id>/infer/                  images/, manifest-<k>.jsonl, manifest.jsonl
+    <run_id>/validate/<key>/         images/, validation.json (key: prompts source + settings hash)
+    <run_id>/infer/<key>/            images/, manifest-<k>.jsonl, manifest.jsonl (key: books file + settings hash)
     report/                          index.html, summary.md, plots
 """
 
@@ -49,6 +49,16 @@ class RunPaths:
         return self.train / "train_result.json"
 
     @property
+    def train_lock(self) -> Path:
+        """Held by each rank of a training (byte = rank) for as long as it runs."""
+        return self.train / ".lock"
+
+    @property
+    def starts(self) -> Path:
+        """One line per start of the training (job, restart count, host, time): the requeue count."""
+        return self.train / "starts.jsonl"
+
+    @property
     def metrics(self) -> Path:
         return self.train / "metrics.jsonl"
 
@@ -61,26 +71,26 @@ class RunPaths:
         return self.root / "validate"
 
     @property
-    def validation_result(self) -> Path:
-        return self.validate / "validation.json"
-
-    @property
     def infer(self) -> Path:
         return self.root / "infer"
 
-    @property
-    def validate_images(self) -> Path:
-        return self.validate / "images"
+    def validation(self, key: str) -> ValidationPaths:
+        """One validation of this run: its settings' key names the folder (cover_hpc.runs.validation_key)."""
+        return ValidationPaths(self.validate / key)
 
-    @property
-    def infer_images(self) -> Path:
-        return self.infer / "images"
+    def inference(self, key: str) -> InferencePaths:
+        """One books file's covers from this run (cover_hpc.runs.inference_key)."""
+        return InferencePaths(self.infer / key)
 
-    def infer_manifest(self, shard: int | None = None) -> Path:
-        return self.infer / ("manifest.jsonl" if shard is None else f"manifest-{shard}.jsonl")
+    def latest_validation(self) -> ValidationPaths | None:
+        """The most recently finished validation of this run, whatever its settings."""
+        results = sorted(self.validate.glob("*/validation.json"), key=lambda p: p.stat().st_mtime)
+        return ValidationPaths(results[-1].parent) if results else None
 
-    def infer_shard_done(self, shard: int) -> Path:
-        return self.infer / f"shard-{shard}.json"
+    def latest_inference(self) -> InferencePaths | None:
+        """The most recently finished inference of this run, whatever its books file."""
+        manifests = sorted(self.infer.glob("*/manifest.jsonl"), key=lambda p: p.stat().st_mtime)
+        return InferencePaths(manifests[-1].parent) if manifests else None
 
     def error(self, stage: str) -> Path:
         """Where a stage that failed leaves its error message (for status and the report)."""
@@ -96,6 +106,47 @@ class RunPaths:
 
 
 @dataclass(frozen=True)
+class ValidationPaths:
+    """``<run>/validate/<key>/``: images, ``validation.json`` (written last) and the stage lock."""
+
+    root: Path
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def result(self) -> Path:
+        return self.root / "validation.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+
+@dataclass(frozen=True)
+class InferencePaths:
+    """``<run>/infer/<key>/``: images, per-shard manifests and markers, the merged manifest."""
+
+    root: Path
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    def manifest(self, shard: int | None = None) -> Path:
+        return self.root / ("manifest.jsonl" if shard is None else f"manifest-{shard}.jsonl")
+
+    def shard_done(self, shard: int) -> Path:
+        return self.root / f"shard-{shard}.json"
+
+    @property
+    def lock(self) -> Path:
+        """Held by each shard (byte = shard) while it generates."""
+        return self.root / ".lock"
+
+
+@dataclass(frozen=True)
 class ExperimentPaths:
     """Paths of an experiment folder."""
 
@@ -108,6 +159,11 @@ class ExperimentPaths:
     @property
     def state(self) -> Path:
         return self.root / "experiment.json"
+
+    @property
+    def submit_lock(self) -> Path:
+        """Held while a submission plans and queues (or, locally, runs) this experiment."""
+        return self.root / ".submit.lock"
 
     @property
     def report(self) -> Path:

@@ -78,11 +78,14 @@ def collect(paths: RunPaths) -> RunReport:
         for log_file in sorted(paths.logs.glob("*"))[-2:]:
             if log_file.is_file():
                 errors.append(f"{log_file.name} (last lines):\n{_tail(log_file)}")
-    manifest = paths.infer_manifest()
-    inferred = len(manifest.read_text().splitlines()) if manifest.is_file() else 0
+    # The newest validation and inference (each has a folder per settings; see cover_hpc.runs).
+    inference, validation = paths.latest_inference(), paths.latest_validation()
+    inferred = len(inference.manifest().read_text().splitlines()) if inference else 0
+    result = _json(validation.result) if validation else None
+    if result is not None and validation is not None:
+        result["folder"] = str(validation.root)
     return RunReport(
-        paths.root.name, config.get("swept", {}), _json(paths.train_result), losses,
-        _json(paths.validation_result), inferred, errors,
+        paths.root.name, config.get("swept", {}), _json(paths.train_result), losses, result, inferred, errors,
     )  # fmt: skip
 
 
@@ -197,7 +200,7 @@ def render_html(name: str, reports: list[RunReport], exp: ExperimentPaths) -> st
         if not r.validation:
             continue
         parts.append(f"<h3>{esc(r.run_id)}</h3><div class='gallery'>")
-        run_dir = exp.run(r.run_id).validate
+        run_dir = Path(r.validation["folder"])
         base_dir = Path(r.validation["baseline_images"]) if r.validation.get("baseline_images") else None
         per_image = {p["index"]: p for p in r.validation["scores"]["lora"]["per_image"]}
         for item in r.validation["items"]:

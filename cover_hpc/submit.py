@@ -25,7 +25,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -33,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cover_hpc import atomic
-from cover_hpc.config import ExperimentSpec, Problem, SlurmConfig, SpecError, to_dict
-from cover_hpc.paths import ExperimentPaths, RunPaths
-from cover_hpc.runs import prepare_run
-from cover_hpc.sweep import Run
+from cover_hpc import atomic, env, locks, preemption
+from cover_hpc.config import ExperimentSpec, Problem, SlurmConfig, SpecError, spec_from_dict, to_dict
+from cover_hpc.paths import ExperimentPaths, InferencePaths, RunPaths, ValidationPaths
+from cover_hpc.runs import count_requeues, inference_key, prepare_run, validation_key
+from cover_hpc.sweep import Run, expand
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +68,14 @@ def recorded_failure(paths: RunPaths, stage: str) -> Iterator[None]:
         raise
 
 
+def _stop_and_requeue(max_requeues: int, what: str) -> None:
+    """The stage stopped on SLURM's signal: requeue this job (rank 0) and wait to be ended by it."""
+    job = env.slurm_job()
+    preemption.requeue_and_wait(
+        job.job_id if job else None, job.restarts if job else 0, max_requeues, env.dist_env().is_main, what
+    )
+
+
 @dataclass
 class TrainTask:
     """Train one run; on a stop signal checkpoint, requeue this array task, and wait to be ended."""
@@ -78,63 +85,61 @@ class TrainTask:
     max_requeues: int
 
     def __call__(self) -> dict[str, Any]:
+        preemption.install()  # in a SLURM job already done at the first instruction (cover_hpc.job)
         os.chdir(self.workdir)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from cover_hpc import train
 
-        signal.signal(signal.SIGUSR2, lambda signum, frame: train.STOP.set())  # only a flag
-        with recorded_failure(RunPaths(Path(self.run_dir)), "train"):
-            result = train.train_run(Path(self.run_dir))
+        paths = RunPaths(Path(self.run_dir))
+        with recorded_failure(paths, "train"):
+            result = train.train_run(paths.root)
         if result.status == "finished":
             return result.__dict__
-        return self._requeue_and_wait(result.steps)
-
-    def _requeue_and_wait(self, step: int) -> dict[str, Any]:
-        import submitit
-
-        environment = submitit.JobEnvironment()
-        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-        # The checkpoint is sealed: when the requeue's SIGTERM comes, end at once. (submitit ignores
-        # SIGTERM, so the job would hold its nodes for KillWait, often 30 s, until SIGKILL.)
-        signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
-        if environment.global_rank == 0:
-            if restarts >= self.max_requeues:
-                raise RuntimeError(
-                    f"stopped at step {step} after {restarts} requeues (slurm.max_requeues={self.max_requeues}); "
-                    "submit the experiment again to continue from the checkpoint"
-                )
-            log.warning("checkpointed at step %d; requeueing %s (restart %d)", step, environment.job_id, restarts + 1)
-            subprocess.run(["scontrol", "requeue", environment.job_id], check=True, timeout=120)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:  # the requeue ends this job; do not exit first and fail it
-            time.sleep(1)
-        raise RuntimeError(f"requeue of {environment.job_id} did not end the job within 300 s")
+        _stop_and_requeue(self.max_requeues, f"training of {paths.root.name} at step {result.steps}")
+        raise AssertionError("unreachable: requeue_and_wait returns only by raising")
 
 
 @dataclass
 class StageTask:
-    """Validation, one inference shard, or the report, run from the submission's directory."""
+    """Validation, one inference shard, or the report, run from the submission's directory.
+
+    ``config`` is the run's resolved spec as submitted: validation and inference settings are not
+    part of the run id, so they travel with the job rather than being read from the run folder.
+    """
 
     stage: str
     target: str
     workdir: str
     shard: int = 0
+    config: dict[str, Any] | None = None
+    max_requeues: int = 10
 
     def __call__(self) -> Any:
+        preemption.install()
         os.chdir(self.workdir)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        what = f"{self.stage} of {Path(self.target).name}" + (f" shard {self.shard}" if self.stage == "infer" else "")
+        try:
+            return self._run()
+        except preemption.Stopped:
+            _stop_and_requeue(self.max_requeues, what)
+            raise AssertionError("unreachable: requeue_and_wait returns only by raising") from None
+
+    def _run(self) -> Any:
+        spec = spec_from_dict(self.config) if self.config is not None else None
         if self.stage == "validate":
             from cover_hpc.validate import validate_run
 
             with recorded_failure(RunPaths(Path(self.target)), "validate"):
-                return validate_run(Path(self.target))["scores"]
+                return validate_run(Path(self.target), spec)["scores"]
         if self.stage == "infer":
             from cover_hpc.infer import infer_run
 
             with recorded_failure(RunPaths(Path(self.target)), "infer"):
-                return infer_run(Path(self.target), self.shard).__dict__
+                return infer_run(Path(self.target), self.shard, spec).__dict__
         from cover_hpc.report import build_report
 
+        preemption.check()
         return str(build_report(Path(self.target)))
 
 
@@ -169,6 +174,11 @@ def with_profile(slurm: SlurmConfig, profile: dict[str, Any]) -> SlurmConfig:
     return dataclasses.replace(slurm, **changes)
 
 
+#: First line of every batch script: the batch shell must not die of a USR2 that reaches it
+#: (``scancel --batch/--full``), which is bash's default. The job steps have their own wrapper.
+JOB_SETUP = ("trap : USR2",)
+
+
 def slurm_parameters(slurm: SlurmConfig, stage: str, name: str) -> dict[str, Any]:
     """sbatch options (as submitit's SlurmExecutor names them) for one stage of a run."""
     train = stage == "train"
@@ -182,7 +192,7 @@ def slurm_parameters(slurm: SlurmConfig, stage: str, name: str) -> dict[str, Any
         "time": slurm.time_min,
         "signal_delay_s": slurm.signal_lead_s,
         "array_parallelism": slurm.array_parallelism,
-        "setup": list(slurm.setup),
+        "setup": [*JOB_SETUP, *slurm.setup],
         "additional_parameters": {"requeue": True},
     }
     if gpus:
@@ -244,11 +254,30 @@ def write_state(exp: ExperimentPaths, spec: ExperimentSpec, runs: Sequence[Run],
 
 
 def stage_done(paths: RunPaths, stage: str, spec: ExperimentSpec) -> bool:
+    """Whether a stage's result for these settings is on disk (validation and inference results
+    live in folders named by their settings, so new settings mean new work for a trained run)."""
     if stage == "train":
         return paths.train_result.is_file()
     if stage == "validate":
-        return paths.validation_result.is_file()
-    return not spec.infer.books_file or paths.infer_manifest().is_file()
+        return validation_paths(paths, spec).result.is_file()
+    inference = inference_paths(paths, spec)
+    return inference is None or inference.manifest().is_file()
+
+
+def validation_paths(paths: RunPaths, spec: ExperimentSpec) -> ValidationPaths:
+    return paths.validation(validation_key(spec))
+
+
+def inference_paths(paths: RunPaths, spec: ExperimentSpec) -> InferencePaths | None:
+    return paths.inference(inference_key(spec)) if spec.infer.books_file else None
+
+
+def _submitted_specs(state: dict[str, Any]) -> dict[str, ExperimentSpec]:
+    """Each run's resolved spec as last submitted (for where its validation and inference go)."""
+    try:
+        return {run.run_id: run.spec for run in expand(spec_from_dict(state["spec"]))}
+    except (KeyError, SpecError, ValueError):  # written by another version: fall back to the newest results
+        return {}
 
 
 def job_states(job_ids: Sequence[str]) -> dict[str, str]:
@@ -320,6 +349,13 @@ class SubmitError(RuntimeError):
 
 def preflight(spec: ExperimentSpec, runs: Sequence[Run]) -> None:
     """Reject, before anything is queued, what would fail on the cluster anyway."""
+    problems = preflight_problems(runs)
+    if problems:
+        raise SpecError(problems)
+
+
+def preflight_problems(runs: Sequence[Run]) -> list[Problem]:
+    """What would fail on the cluster: missing data folders, books file, model folder."""
     problems = []
     for run in runs:
         data = run.spec.data
@@ -337,9 +373,7 @@ def preflight(spec: ExperimentSpec, runs: Sequence[Run]) -> None:
             problems.append(
                 Problem("model.pretrained", f"{model!r} is not a diffusers pipeline folder (no model_index.json)")
             )
-    unique = list({(p.key, p.message): p for p in problems}.values())
-    if unique:
-        raise SpecError(unique)
+    return list({(p.key, p.message): p for p in problems}.values())
 
 
 def plan_stages(spec: ExperimentSpec, runs: Sequence[Run], exp: ExperimentPaths) -> dict[str, list[str]]:
@@ -356,14 +390,26 @@ def plan_stages(spec: ExperimentSpec, runs: Sequence[Run], exp: ExperimentPaths)
     return plan
 
 
+def job_step_command() -> str:
+    """The start of each job step's command (submitit appends ``-u -m submitit.core._submit FOLDER``):
+    cover_hpc.preemption's signal-keeping wrapper, then this Python on cover_hpc.job."""
+    import shlex
+    import sys
+
+    return f"/bin/sh -c {shlex.quote(preemption.STEP_WRAPPER)} cover-hpc-step {shlex.quote(sys.executable)} " + (
+        "-u -m cover_hpc.job"
+    )
+
+
 def _executor(kind: str, folder: Path) -> Any:
     import submitit
 
     if kind == "slurm":
-        return submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=0)
+        return submitit.SlurmExecutor(folder=folder / "%j", python=job_step_command())
+    # submitit's local executors would create a folder literally named "%j" next to the real ones
     if kind == "local":
-        return submitit.LocalExecutor(folder=folder / "%j")
-    return submitit.DebugExecutor(folder=folder / "%j")
+        return submitit.LocalExecutor(folder=folder / "local")
+    return submitit.DebugExecutor(folder=folder / "local")
 
 
 def _submit(executor: Any, tasks: Sequence[Any]) -> list[Any]:
@@ -393,6 +439,7 @@ class Plan:
     workdir: str
     exp: ExperimentPaths
     profile: dict[str, Any]
+    warnings: list[Problem] = field(default_factory=list)
 
     def params(self, slurm: SlurmConfig, stage: str) -> dict[str, Any]:
         """sbatch options of a stage: the run's resources, the profile's cluster settings."""
@@ -400,11 +447,13 @@ class Plan:
 
     def tasks(self, stage: str, run: Run) -> list[Any]:
         run_dir = str(self.exp.run(run.run_id).root)
+        requeues = run.spec.slurm.max_requeues
         if stage == "train":
-            return [TrainTask(run_dir, self.workdir, run.spec.slurm.max_requeues)]
+            return [TrainTask(run_dir, self.workdir, requeues)]
+        config = to_dict(run.spec)
         if stage == "validate":
-            return [StageTask("validate", run_dir, self.workdir)]
-        return [StageTask("infer", run_dir, self.workdir, k) for k in range(run.spec.infer.shards)]
+            return [StageTask("validate", run_dir, self.workdir, 0, config, requeues)]
+        return [StageTask("infer", run_dir, self.workdir, k, config, requeues) for k in range(run.spec.infer.shards)]
 
 
 def make_plan(spec: ExperimentSpec, runs: Sequence[Run], profile: str | None) -> Plan:
@@ -450,7 +499,8 @@ def _run_slurm(plan: Plan) -> Submission:
         if submitted:
             params["additional_parameters"] = {"requeue": True, "dependency": "afterany:" + ":".join(submitted)}
         executor.update_parameters(**params)
-        (report_job,) = _submit(executor, [StageTask("report", str(plan.exp.root), plan.workdir)])
+        report_task = StageTask("report", str(plan.exp.root), plan.workdir, max_requeues=plan.spec.slurm.max_requeues)
+        (report_job,) = _submit(executor, [report_task])
         report = report_job.job_id
     except BaseException:
         if submitted:
@@ -506,28 +556,40 @@ def submit(
 ) -> tuple[Plan, Submission | None]:  # fmt: skip
     """Queue (slurm) or run (local, debug) every unfinished stage of every run; see the module docstring."""
     _slurm_env_cleaned()
-    plan = make_plan(spec, runs, profile)
-    preflight(spec, [r for r in runs if plan.stages[r.run_id]])
-    if dry_run:
+    if dry_run:  # reads only: no lock, and what would be refused is shown as warnings
+        plan = make_plan(spec, runs, profile)
+        plan.warnings = preflight_problems([r for r in runs if plan.stages[r.run_id]])
         return plan, None
-    for run in runs:
-        prepare_run(spec, run)
-    plan.exp.logs.mkdir(parents=True, exist_ok=True)
-    submission = _run_slurm(plan) if executor == "slurm" else _run_local(plan, executor)
-    write_state(plan.exp, spec, runs, submission)
+    exp = ExperimentPaths.of(spec.output_dir, spec.name)
+    # One submission of an experiment at a time: the second sees the first one's jobs in
+    # experiment.json (written before the lock is released) and queues nothing for those runs.
+    with locks.held(exp.submit_lock, f"submission lock of experiment {exp.root}", wait_s=SUBMIT_LOCK_WAIT_S):
+        plan = make_plan(spec, runs, profile)
+        preflight(spec, [r for r in runs if plan.stages[r.run_id]])
+        for run in runs:
+            prepare_run(spec, run)
+        plan.exp.logs.mkdir(parents=True, exist_ok=True)
+        submission = _run_slurm(plan) if executor == "slurm" else _run_local(plan, executor)
+        write_state(plan.exp, spec, runs, submission)
     return plan, submission
+
+
+#: How long a submission waits for another one of the same experiment (a SLURM submission holds
+#: the lock for seconds; a local one for its whole run).
+SUBMIT_LOCK_WAIT_S = 120.0
 
 
 def _sbatch_text(plan: Plan, params: dict[str, Any]) -> str:
     from submitit.slurm.slurm import _make_sbatch_string
 
-    command = "python -u -m submitit.core._submit <folder>"
+    command = f"{job_step_command()} -u -m submitit.core._submit <folder>"
     return str(_make_sbatch_string(command=command, folder=str(plan.exp.logs / "%j"), **params))
 
 
 def render_dry_run(plan: Plan) -> str:
     """The sbatch script of every job this submission would queue, and the dependency graph."""
-    lines = ["# dependency graph"]
+    lines = [f"# warning: {p.render()} (submitting would refuse this)" for p in plan.warnings]
+    lines.append("# dependency graph")
     scripts = []
     train_runs = [r for r in plan.runs if "train" in plan.stages[r.run_id]]
     if train_runs:
@@ -589,20 +651,21 @@ def status(experiment_dir: Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"{exp.state} not found or empty: was this experiment submitted?")
     latest = latest_jobs(state)
     slurm_states = job_states([j for jobs in latest.values() if jobs["executor"] == "slurm" for j in job_ids(jobs)])
+    specs = _submitted_specs(state)
     rows = []
     for entry in state["runs"]:
         run_id = entry["run_id"]
         paths = exp.run(run_id)
         jobs = latest.get(run_id, {"train": None, "validate": None, "infer": []})
         train_result = json.loads(paths.train_result.read_text()) if paths.train_result.is_file() else None
-        validation = json.loads(paths.validation_result.read_text()) if paths.validation_result.is_file() else None
+        spec = specs.get(run_id)
+        validation_dir = validation_paths(paths, spec) if spec else paths.latest_validation()
+        result_file = validation_dir.result if validation_dir else None
+        validation = json.loads(result_file.read_text()) if result_file and result_file.is_file() else None
         step, loss = _last_metrics(paths)
-        progress = None
-        checkpoints = sorted(paths.checkpoints.glob("step-*/progress.json")) if paths.checkpoints.is_dir() else []
-        if checkpoints:
-            progress = json.loads(checkpoints[-1].read_text())
-
-        infer_done = paths.infer_manifest().is_file()
+        inference = inference_paths(paths, spec) if spec else paths.latest_inference()
+        manifest = inference.manifest() if inference else None
+        infer_done = bool(manifest and manifest.is_file())
         infer_states = ",".join(sorted({slurm_states.get(j, "") for j in jobs["infer"]} - {""})).lower()
         train_state = _stage_state(paths, slurm_states, "train", train_result is not None, jobs["train"])
         validate_state = _stage_state(paths, slurm_states, "validate", validation is not None, jobs["validate"])
@@ -618,10 +681,10 @@ def status(experiment_dir: Path) -> list[dict[str, Any]]:
             "total_steps": (train_result or {}).get("total_steps"),
             "last_loss": loss,
             "clip_score": validation["scores"]["lora"]["clip_score"] if validation else None,
-            "requeues": (train_result or {}).get("requeues", (progress or {}).get("starts", 1) - 1),
+            "requeues": (train_result or {}).get("requeues", count_requeues(paths)),
             "lora": str(paths.lora_weights) if paths.lora_weights.is_file() else None,
-            "validation": str(paths.validation_result) if validation else None,
-            "manifest": str(paths.infer_manifest()) if infer_done else None,
+            "validation": str(result_file) if validation else None,
+            "manifest": str(manifest) if infer_done else None,
             "report": str(exp.report_html) if exp.report_html.is_file() else None,
         })  # fmt: skip
     return rows

@@ -19,11 +19,21 @@ from typing import Any
 
 from cover_hpc.config import ExperimentSpec, SweepConfig, coerce, field_type, replace_dotted, to_dict
 
-#: Dotted keys that do not change a run's outputs, so they are not part of its id.
+#: Dotted keys that cannot change a run's trained weights, so they are not part of its id: where and
+#: how long jobs queue, bookkeeping, and everything validation and inference read (those outputs
+#: have their own folders per settings, see cover_hpc.runs.validation_key / inference_key).
 NON_RESULT_KEYS = (
     "name",
     "output_dir",
     "sweep",
+    "validate",
+    "infer",
+    "data.test_dir",
+    "data.cache_dir",
+    "data.num_workers",
+    "train.checkpoint_every",
+    "train.checkpoints_kept",
+    "train.log_every",
     "slurm.partition",
     "slurm.account",
     "slurm.qos",

@@ -20,7 +20,6 @@ import logging
 import math
 import resource
 import socket
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,19 +29,21 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cover_hpc import atomic, checkpoint, env
+from cover_hpc import atomic, checkpoint, env, locks, preemption
 from cover_hpc.cache import DiskCache, file_key, latent_cache, module_hash, text_cache, text_key
 from cover_hpc.config import ExperimentSpec, to_dict
 from cover_hpc.data import DataError, EpochBatchSampler, Sample, load_pixels, report_bad, scan
 from cover_hpc.lora import PARTS, SDXLParts, add_adapters, export_kohya, load_parts, lora_layers, save_lora
 from cover_hpc.paths import RunPaths
 from cover_hpc.prompts import encode_chunks, tokenize_chunks
+from cover_hpc.runs import count_requeues, record_start
 
 log = logging.getLogger(__name__)
 LORA_STATE = "lora_state.safetensors"
 
-#: Set (from a signal handler, or anything else) to ask training to checkpoint and stop at the next step.
-STOP = threading.Event()
+#: Set (by SLURM's signals, see cover_hpc.preemption, or anything else) to ask training to checkpoint
+#: and stop at the next step.
+STOP = preemption.STOP
 
 
 class TrainingDiverged(RuntimeError):
@@ -651,8 +652,40 @@ def export_weights(setup: Setup) -> tuple[Path, Path]:
 
 
 def train(spec: ExperimentSpec, paths: RunPaths, stop_after: int | None = None) -> TrainResult:
-    """Train one run (resuming if it has a checkpoint); see the module docstring."""
+    """Train one run (resuming if it has a checkpoint); see the module docstring.
+
+    Each rank holds its slot of the run's training lock throughout, so a second training of the
+    same run (a second submission, a hand-started one) is turned away before it touches a file. A
+    run that already finished is left as it is.
+    """
     env.set_offline_defaults()
+    rank = env.dist_env().rank
+    with locks.held(paths.train_lock, f"training of run {paths.root.name} (rank {rank})", slot=rank):
+        finished = finished_result(paths)
+        if finished is not None:
+            log.info("run %s finished training before (%s); left as it is", paths.root.name, paths.train_result)
+            return finished
+        if rank == 0:
+            record_start(paths)
+        if STOP.is_set():  # stopped while starting up: nothing new to save, the last checkpoint stands
+            step = (checkpoint.read_progress(latest)[0].step if (latest := checkpoint.latest(paths.checkpoints))
+                    else 0)  # fmt: skip
+            log.warning("stop requested (%s) before training started; stopping at step %d", preemption.received(),
+                        step)  # fmt: skip
+            return TrainResult("stopped", step, 0, 0.0, None, None, 0.0, 0.0, 0.0, count_requeues(paths), 0)
+        return _train(spec, paths, stop_after)
+
+
+def finished_result(paths: RunPaths) -> TrainResult | None:
+    """The result of a run whose training finished (its result and LoRA are on disk), else None."""
+    if not (paths.train_result.is_file() and paths.lora_weights.is_file()):
+        return None
+    data = json.loads(paths.train_result.read_text())
+    known = {f.name for f in dataclasses.fields(TrainResult)}
+    return TrainResult(**{k: v for k, v in data.items() if k in known})
+
+
+def _train(spec: ExperimentSpec, paths: RunPaths, stop_after: int | None) -> TrainResult:
     paths.train.mkdir(parents=True, exist_ok=True)
     setup = build(spec, paths)
     progress = resume(setup)
@@ -675,7 +708,7 @@ def train(spec: ExperimentSpec, paths: RunPaths, stop_after: int | None = None) 
         * setup.dist.world_size
         / max(final.elapsed_s, 1e-9),
         peak_memory_mb=_peak_memory_mb(setup.accelerator.device),
-        requeues=final.starts - 1,
+        requeues=count_requeues(paths),
         world_size=setup.dist.world_size,
         lora_weights=str(weights) if weights else None,
         kohya_weights=str(kohya) if kohya else None,

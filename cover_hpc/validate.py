@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cover_hpc import atomic, env
+from cover_hpc import atomic, env, locks, preemption
 from cover_hpc.clip_score import WINDOW, load_scorer
 from cover_hpc.config import ExperimentSpec, to_dict
 from cover_hpc.data import read_metadata, row_caption
-from cover_hpc.paths import RunPaths
+from cover_hpc.paths import RunPaths, ValidationPaths
 from cover_hpc.prompts import Book, book_caption, read_books, short_caption
 from cover_hpc.sampling import Generator, device_and_dtype, load_generator
 
@@ -94,6 +94,7 @@ def generate_missing(generator: Generator, items: Sequence[Item], folder: Path, 
     spent = 0.0
     batch = spec.validate.batch_size
     for start in range(0, len(todo), batch):
+        preemption.check()  # a stop request ends the stage between batches; saved images are kept
         chunk = todo[start : start + batch]
         images, seconds = generator.generate(
             [i.prompt for i in chunk], [i.seed for i in chunk], spec.validate.steps, spec.validate.guidance,
@@ -147,13 +148,27 @@ def score_folder(scorer: Any, items: Sequence[Item], folder: Path) -> dict[str, 
 
 
 def validate(spec: ExperimentSpec, paths: RunPaths) -> dict[str, Any]:
-    """Generate, score, and write ``validation.json``; returns its content."""
+    """Generate, score, and write ``<run>/validate/<key>/validation.json``; returns its content.
+
+    One process at a time validates a run with given settings (a second is turned away before it
+    touches a file); a stop request (SLURM's signal) raises :class:`cover_hpc.preemption.Stopped`
+    between image batches, and the next start generates only the images still missing.
+    """
+    from cover_hpc.runs import validation_key
+
+    out = paths.validation(validation_key(spec))
+    with locks.held(out.lock, f"validation of run {paths.root.name} in {out.root}"):
+        preemption.check()
+        return _validate(spec, paths, out)
+
+
+def _validate(spec: ExperimentSpec, paths: RunPaths, out: ValidationPaths) -> dict[str, Any]:
     env.set_offline_defaults()
     started = time.perf_counter()
     items = validation_items(spec)
     tokens_max, precision = spec.data.max_caption_tokens, spec.validate.precision
     generator = load_generator(spec.model, paths.train, tokens_max, precision)
-    lora_seconds = generate_missing(generator, items, paths.validate_images, spec)
+    lora_seconds = generate_missing(generator, items, out.images, spec)
     del generator
     base_folder = paths.experiment.baseline(baseline_key(spec, items)) if spec.validate.baseline else None
     base_seconds = 0.0
@@ -164,7 +179,7 @@ def validate(spec: ExperimentSpec, paths: RunPaths) -> dict[str, Any]:
     device, _ = device_and_dtype(spec.validate.precision)
     scorer = load_scorer(spec.validate.clip_backend, spec.validate.clip_model, device)
     tokens = scorer.tokens([i.prompt for i in items])
-    scores = {"lora": score_folder(scorer, items, paths.validate_images)}
+    scores = {"lora": score_folder(scorer, items, out.images)}
     if base_folder is not None:
         scores["base"] = score_folder(scorer, items, base_folder)
     result: dict[str, Any] = {
@@ -191,13 +206,15 @@ def validate(spec: ExperimentSpec, paths: RunPaths) -> dict[str, Any]:
         "timings": {"lora_generation_s": lora_seconds, "base_generation_s": base_seconds},
     }
     result["timings"]["total_s"] = time.perf_counter() - started
-    atomic.write_json(paths.validation_result, result)
+    job = env.slurm_job()
+    result["requeues"] = job.restarts if job else 0
+    atomic.write_json(out.result, result)
     return result
 
 
-def validate_run(run_dir: Path) -> dict[str, Any]:
-    """Validate the run whose folder holds its resolved ``config.json``."""
+def validate_run(run_dir: Path, spec: ExperimentSpec | None = None) -> dict[str, Any]:
+    """Validate a run with ``spec`` (as submitted), or the one in its ``config.json``."""
     from cover_hpc.runs import load_run_spec
 
     paths = RunPaths(Path(run_dir).absolute())
-    return validate(load_run_spec(paths), paths)
+    return validate(spec or load_run_spec(paths), paths)

@@ -13,7 +13,7 @@ import pytest
 from safetensors.torch import load_file
 
 from .conftest import REPO
-from .test_slurm import run_rows, tiny_clip
+from .test_slurm import run_rows, tiny_clip, validated
 from .test_submit import cli, spec_file
 
 pytestmark = [pytest.mark.slurm, pytest.mark.tiny, pytest.mark.slow]
@@ -49,7 +49,7 @@ def wait_finished(spec: Path, limit_s: float = 600) -> dict[str, Any]:
     (row,) = run_rows(exp_dir(spec))
     run = exp_dir(spec) / row["run_id"]
     deadline = time.monotonic() + limit_s
-    while not (run / "validate" / "validation.json").is_file():
+    while not validated(run):
         if time.monotonic() > deadline:
             logs = cli("logs", str(exp_dir(spec)), row["run_id"]).stdout
             pytest.fail(f"{run} did not finish in {limit_s} s:\n{logs[-4000:]}")

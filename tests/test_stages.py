@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from cover_hpc.infer import infer_shard, shard_of
 from cover_hpc.paths import RunPaths
 from cover_hpc.prompts import read_books
 from cover_hpc.report import build_report
-from cover_hpc.runs import prepare_run
+from cover_hpc.runs import inference_key, prepare_run, validation_key
 from cover_hpc.sampling import MissingLoraError, load_generator
 from cover_hpc.sweep import expand
 from cover_hpc.validate import validate
@@ -64,12 +65,13 @@ def image_bytes(folder: Path) -> dict[str, bytes]:
 def test_validation_is_deterministic_and_scores_both_models(trained: tuple[ExperimentSpec, RunPaths]) -> None:
     spec, paths = trained
     first = validate(spec, paths)
-    images = image_bytes(paths.validate_images)
+    out = paths.validation(validation_key(spec))
+    images = image_bytes(out.images)
     assert len(images) == 3 and first["num_prompts"] == 3
-    shutil.rmtree(paths.validate_images)
-    paths.validation_result.unlink()
+    shutil.rmtree(out.images)
+    out.result.unlink()
     second = validate(spec, paths)
-    assert image_bytes(paths.validate_images) == images  # a seed per prompt: same images again
+    assert image_bytes(out.images) == images  # a seed per prompt: same images again
     assert second["scores"] == first["scores"]
     lora, base = first["scores"]["lora"], first["scores"]["base"]
     assert lora["clip_score"] > 0 and base["clip_score"] > 0
@@ -98,7 +100,7 @@ def test_text_encoder_adapters_are_used_in_validation(trained: tuple[ExperimentS
     assert not torch.allclose(lora_embeds, base_embeds)  # every chunk goes through the adapted encoders
     result = validate(spec, only_text)
     base = image_bytes(Path(result["baseline_images"]))
-    assert image_bytes(only_text.validate_images) != base
+    assert image_bytes(only_text.validation(validation_key(spec)).images) != base
 
 
 def test_open_clip_backend_scores_from_a_local_folder(tmp_path: Path, demo_data_dir: Path) -> None:
@@ -131,20 +133,21 @@ def test_inference_shards_resume_and_merge(trained: tuple[ExperimentSpec, RunPat
     books = read_books(Path(spec.infer.books_file or "")).books
     results = [infer_shard(spec, paths, shard) for shard in range(3)]
     assert sum(r.generated for r in results) == len(books) == 7
-    merged = [json.loads(line) for line in paths.infer_manifest().read_text().splitlines()]
+    out = paths.inference(inference_key(spec))
+    merged = [json.loads(line) for line in out.manifest().read_text().splitlines()]
     assert [r["book_id"] for r in merged] == [b.book_id for b in books]
-    assert all((paths.infer / r["image"]).is_file() and r["seed"] >= 0 and r["seconds"] > 0 for r in merged)
+    assert all((out.root / r["image"]).is_file() and r["seed"] >= 0 and r["seconds"] > 0 for r in merged)
     # interrupt shard 0 "midway": one image lost, its manifest line cut short
-    manifest = paths.infer_manifest(0)
+    manifest = out.manifest(0)
     lines = manifest.read_text().splitlines()
     lost = json.loads(lines[-1])
-    (paths.infer / lost["image"]).unlink()
+    (out.root / lost["image"]).unlink()
     manifest.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
-    kept = {line: (paths.infer / json.loads(line)["image"]).stat().st_mtime_ns for line in lines[:-1]}
+    kept = {line: (out.root / json.loads(line)["image"]).stat().st_mtime_ns for line in lines[:-1]}
     again = infer_shard(spec, paths, 0)
     assert (again.generated, again.skipped) == (1, len(lines) - 1)
-    assert all((paths.infer / json.loads(line)["image"]).stat().st_mtime_ns == t for line, t in kept.items())
-    assert len(paths.infer_manifest().read_text().splitlines()) == 7
+    assert all((out.root / json.loads(line)["image"]).stat().st_mtime_ns == t for line, t in kept.items())
+    assert len(out.manifest().read_text().splitlines()) == 7
 
 
 def test_books_file_problems(tmp_path: Path, trained: tuple[ExperimentSpec, RunPaths]) -> None:
@@ -169,7 +172,7 @@ def test_report_lists_runs_and_failures_and_renders_in_chromium(
     trained: tuple[ExperimentSpec, RunPaths], tmp_path: Path
 ) -> None:
     spec, paths = trained
-    if not paths.validation_result.is_file():
+    if not paths.validation(validation_key(spec)).result.is_file():
         validate(spec, paths)
     failed = RunPaths(paths.root.parent / "broken-run")
     failed.train.mkdir(parents=True)
@@ -210,3 +213,63 @@ def test_report_lists_runs_and_failures_and_renders_in_chromium(
     images, loaded, rows, plots = counts
     assert images >= 1 + 3 * 2 and loaded == images  # a loss plot plus LoRA and base covers, all decoded
     assert rows == 1 + 2 and plots == 1
+
+
+def test_new_books_get_covers_from_the_trained_run_without_a_new_run_id(
+    trained: tuple[ExperimentSpec, RunPaths], tmp_path: Path
+) -> None:
+    """Inference and validation settings are not part of the run id: a new books file (or new
+    sampling settings) is generated by the same trained run, into a folder of its own."""
+    from cover_hpc.submit import stage_done
+
+    spec, paths = trained
+    books = tmp_path / "new-books.jsonl"
+    books.write_text('{"id": "n1", "title": "New One"}\n{"id": "n2", "title": "New Two"}\n')
+    new = dataclasses.replace(spec, infer=dataclasses.replace(spec.infer, books_file=str(books), shards=1))
+    (same,) = expand(dataclasses.replace(new, sweep=spec.sweep))
+    assert same.run_id == paths.root.name  # still the trained run
+    assert stage_done(paths, "train", new) and not stage_done(paths, "infer", new)
+    result = infer_shard(new, paths, 0)
+    assert result.generated == 2 and stage_done(paths, "infer", new)
+    out = paths.inference(inference_key(new))
+    assert out.root.name.startswith("new-books-") and out.root != paths.inference(inference_key(spec)).root
+    assert [json.loads(line)["book_id"] for line in out.manifest().read_text().splitlines()] == ["n1", "n2"]
+    assert not stage_done(
+        paths, "validate", dataclasses.replace(new, validate=dataclasses.replace(new.validate, seed=7))
+    )
+
+
+def test_a_stop_request_ends_inference_between_batches_and_a_held_shard_is_refused(
+    trained: tuple[ExperimentSpec, RunPaths], tmp_path: Path
+) -> None:
+    from cover_hpc import preemption
+    from cover_hpc.locks import Busy
+
+    spec, paths = trained
+    books = tmp_path / "stop-books.jsonl"
+    books.write_text("".join(f'{{"id": "s{i}", "title": "Stop {i}"}}\n' for i in range(4)))
+    new = dataclasses.replace(spec, infer=dataclasses.replace(spec.infer, books_file=str(books), shards=2))
+    out = paths.inference(inference_key(new))
+    preemption.STOP.set()
+    try:
+        with pytest.raises(preemption.Stopped):
+            infer_shard(new, paths, 0)
+    finally:
+        preemption.reset()
+    assert not out.manifest(0).exists()  # stopped before its first batch: nothing written
+    # another process holds shard 1: this one is turned away before touching a file
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from cover_hpc import locks\n"
+        f"with locks.held(Path({str(out.lock)!r}), 'x', slot=1):\n print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(
+            Busy, match=rf"inference shard 1 of run {paths.root.name}.* is held by process {holder.pid}"
+        ):
+            infer_shard(new, paths, 1)
+        assert not out.manifest(1).exists()
+        assert infer_shard(new, paths, 0).generated == 2  # the other shard is free
+    finally:
+        holder.kill()
+        holder.wait()

@@ -25,7 +25,7 @@ def test_resources_in_user_terms_become_sbatch_options() -> None:
     assert (train["nodes"], train["ntasks_per_node"], train["gpus_per_node"], train["cpus_per_task"]) == (2, 4, 4, 8)
     assert (train["mem_per_gpu"], train["time"], train["signal_delay_s"]) == ("60G", 90, 120)
     assert (train["partition"], train["account"], train["array_parallelism"]) == ("gpu", "lab", 3)
-    assert train["setup"] == ["module load cuda"] and train["additional_parameters"] == {"requeue": True}
+    assert train["setup"] == ["trap : USR2", "module load cuda"] and train["additional_parameters"] == {"requeue": True}
     validate = slurm_parameters(gpu, "validate", "x-validate")
     assert (validate["nodes"], validate["ntasks_per_node"], validate["gpus_per_node"]) == (1, 1, 1)
     cpu = slurm_parameters(SlurmConfig(gpus_per_node=0, tasks_per_node=2, mem_per_gpu_gb=3), "train", "c")
