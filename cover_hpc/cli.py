@@ -273,12 +273,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from cover_hpc.data import DataError
     from cover_hpc.runs import prepare_run
-    from cover_hpc.train import TrainingDiverged, train
+    from cover_hpc.train import TrainingDiverged, finished_result, train
 
     spec = load_spec(args.spec, args.overrides)
     status = 0
     for run in select_runs(expand(spec), args.run):
         paths = prepare_run(spec, run)
+        if finished_result(paths) is not None:
+            print(f"{run.run_id}: already finished ({paths.train_result}); left as it is")
+            continue
         try:
             result = train(run.spec, paths, stop_after=args.stop_after)
         except (DataError, TrainingDiverged, FileNotFoundError) as error:

@@ -86,6 +86,19 @@ def test_missing_data_folder_is_rejected_before_anything_is_queued(tmp_path: Pat
     assert not (tmp_path / "experiments" / "sub" / "experiment.json").exists()
 
 
+def test_dry_run_shows_the_scripts_with_missing_data_as_warnings(tmp_path: Path, tiny_model_dir: Path,
+                                                                demo_data_dir: Path) -> None:  # fmt: skip
+    """On a login node before the data is staged: the sbatch scripts, and what submitting would refuse."""
+    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, data={"train_dir": str(tmp_path / "not-yet")},
+                     infer={"books_file": str(tmp_path / "books-later.jsonl")})  # fmt: skip
+    result = cli("submit", str(path), "--executor", "slurm", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "# warning: data.train_dir: folder" in result.stdout and "not-yet" in result.stdout
+    assert "# warning: infer.books_file: file" in result.stdout
+    assert "#!/bin/bash" in result.stdout and "cover_hpc.job" in result.stdout
+    assert not (tmp_path / "experiments").exists()
+
+
 def test_dry_run_prints_the_array_and_the_dependency_graph(tmp_path: Path, tiny_model_dir: Path,
                                                            demo_data_dir: Path) -> None:  # fmt: skip
     path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, sweep={"grid": {"lora.rank": [4, 8]}})
@@ -124,6 +137,13 @@ def test_local_executor_runs_every_stage_then_resubmission_does_nothing(
     assert "train done" not in again.stdout
     logs = cli("logs", str(exp), row["run_id"], "--stage", "train")
     assert logs.returncode == 0 and "log.out" in logs.stdout
+    assert not any(p.name == "%j" for p in exp.rglob("*"))  # no folder literally named %j
+    # training a finished run again leaves it (and its result) exactly as it was
+    result_file = exp / row["run_id"] / "train" / "train_result.json"
+    before = result_file.read_bytes()
+    again = cli("train", str(path))
+    assert again.returncode == 0 and "already finished" in again.stdout, again.stdout + again.stderr[-2000:]
+    assert result_file.read_bytes() == before
 
 
 def test_submitting_from_inside_a_slurm_job_drops_its_variables(monkeypatch: pytest.MonkeyPatch) -> None:

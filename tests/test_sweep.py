@@ -51,3 +51,30 @@ def test_changing_a_swept_value_changes_only_that_run() -> None:
     changed = ids("sweep.grid.optim.lr_unet=[5e-5, 1e-4, 3e-4]")
     assert base[:4] == changed[:4]
     assert base[4:] != changed[4:]
+
+
+def test_run_ids_depend_only_on_what_changes_the_trained_weights() -> None:
+    """Validation, inference, bookkeeping and queueing settings keep the id (a trained run can
+    generate covers for a new books file); anything that changes the weights makes a new one."""
+    (base,) = expand(load_spec(None, ["data.train_dir=/d/train"]))
+    same = [
+        "infer.books_file=new.jsonl",
+        "infer.steps=7",
+        "validate.num_prompts=3",
+        "validate.prompts=b.jsonl",
+        "data.test_dir=/elsewhere",
+        "data.num_workers=0",
+        "data.cache_dir=/c",
+        "train.checkpoint_every=3",
+        "train.checkpoints_kept=1",
+        "train.log_every=1",
+        "slurm.partition=x",
+        "distributed.timeout_min=5",
+    ]
+    for override in same:
+        (run,) = expand(load_spec(None, ["data.train_dir=/d/train", override]))
+        assert run.run_id == base.run_id, override
+    for override in ("optim.lr_unet=3e-4", "data.size=[512, 512]", "train.seed=1", "slurm.gpus_per_node=2",
+                     "model.pretrained=/m", "data.train_dir=/other"):  # fmt: skip
+        (run,) = expand(load_spec(None, ["data.train_dir=/d/train", override]))
+        assert run.run_id != base.run_id, override
