@@ -494,14 +494,16 @@ def _run_slurm(plan: Plan) -> Submission:
                 else:
                     entry.infer = [j.job_id for j in stage_jobs]
         report = None
-        executor = _executor("slurm", plan.exp.logs)
-        params = plan.params(plan.spec.slurm, "report")
-        if submitted:
+        if submitted:  # nothing queued (all done, or queued by another submission): no report job either
+            executor = _executor("slurm", plan.exp.logs)
+            params = plan.params(plan.spec.slurm, "report")
             params["additional_parameters"] = {"requeue": True, "dependency": "afterany:" + ":".join(submitted)}
-        executor.update_parameters(**params)
-        report_task = StageTask("report", str(plan.exp.root), plan.workdir, max_requeues=plan.spec.slurm.max_requeues)
-        (report_job,) = _submit(executor, [report_task])
-        report = report_job.job_id
+            executor.update_parameters(**params)
+            requeues = plan.spec.slurm.max_requeues
+            (report_job,) = _submit(
+                executor, [StageTask("report", str(plan.exp.root), plan.workdir, max_requeues=requeues)]
+            )
+            report = report_job.job_id
     except BaseException:
         if submitted:
             subprocess.run(["scancel", *{j.split("_")[0] for j in submitted}], check=False, timeout=60)

@@ -1,0 +1,186 @@
+"""Preemption at any moment, time limits in every stage, and two submissions at once, on the real
+local SLURM cluster (slurm/local)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors.torch import load_file
+
+from .conftest import REPO
+from .test_slurm import run_rows, tiny_clip
+from .test_submit import cli, spec_file
+
+pytestmark = [pytest.mark.slurm, pytest.mark.tiny, pytest.mark.slow]
+
+#: Seconds from a job step's first process to the USR2 (what a preemptible partition does).
+DELAYS = (0.0, 0.1, 0.3, 1.0, 2.0, 5.0)
+
+
+def step_started(job: str, deadline_s: float = 300) -> float:
+    """Wait until the job's first step has a process; returns that moment (monotonic)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        out = subprocess.run(["scontrol", "listpids", job], capture_output=True, text=True, timeout=30).stdout
+        for line in out.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 3 and fields[2] == "0":  # step 0 (not "batch")
+                return time.monotonic()
+        time.sleep(0.02)
+    raise AssertionError(f"job {job} never started its step")
+
+
+def restarts(job: str) -> int:
+    show = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=60).stdout
+    return int(show.split("Restarts=")[1].split()[0])
+
+
+def sacct_state(job: str) -> str:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job], capture_output=True, text=True,
+                         timeout=60).stdout.split()  # fmt: skip
+    return out[0] if out else ""
+
+
+def wait_for(predicate: Any, limit_s: float, what: str) -> None:
+    deadline = time.monotonic() + limit_s
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.5)
+
+
+def reference_lora(tmp: Path, config: Path) -> dict[str, Any]:
+    """The same run, never interrupted, in one process with the jobs' thread count."""
+    reference = tmp / "reference"
+    reference.mkdir()
+    (reference / "config.json").write_text(config.read_text())
+    env = {**os.environ, "COVER_HPC_THREADS": "1"}
+    subprocess.run([sys.executable, str(REPO / "jobs" / "train.py"), str(reference)], check=True, env=env,
+                   capture_output=True, timeout=600)  # fmt: skip
+    return load_file(reference / "train" / "pytorch_lora_weights.safetensors")
+
+
+def test_a_stop_signal_at_any_moment_of_start_up_requeues_and_never_fails(
+    slurm_cluster: str, tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path
+) -> None:
+    """USR2 at fixed delays from the step's first process: every job completes, with every requeue
+    counted alike by SLURM, train_result.json and status, and the LoRA of an uninterrupted run."""
+    clip = tiny_clip(tmp_path)
+    experiments = []
+    for delay in DELAYS:  # one experiment per delay, all queued at once; same weights for all
+        folder = tmp_path / f"delay-{delay}"
+        folder.mkdir()
+        path = spec_file(folder, tiny_model_dir, demo_data_dir, train={"max_steps": 12, "checkpoint_every": 4},
+                         validate={"clip_model": clip}, infer={"books_file": None},
+                         data={"cache_dir": str(tmp_path / "cache")})  # fmt: skip
+        result = cli("submit", str(path), "--profile", "local")
+        assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+        (row,) = run_rows(folder / "experiments" / "sub")
+        experiments.append((delay, folder / "experiments" / "sub", row))
+
+    def signal_at(job: str, delay: float) -> None:
+        started = step_started(job)
+        time.sleep(max(0.0, started + delay - time.monotonic()))
+        subprocess.run(["scancel", "--signal=USR2", job], check=False, timeout=60)
+
+    threads = [threading.Thread(target=signal_at, args=(row["stages"]["train"]["job"], delay))
+               for delay, _, row in experiments]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    for delay, exp, row in experiments:
+        run = exp / row["run_id"]
+        wait_for(lambda run=run: any((run / "validate").glob("*/validation.json")), 900,
+                 f"delay {delay}: " + cli("logs", str(exp), row["run_id"]).stdout[-4000:])  # fmt: skip
+    reference = reference_lora(tmp_path, experiments[0][1] / experiments[0][2]["run_id"] / "config.json")
+    requeued = 0
+    for delay, exp, row in experiments:
+        job = row["stages"]["train"]["job"]
+        assert sacct_state(job) == "COMPLETED", (delay, sacct_state(job))
+        result = json.loads((exp / row["run_id"] / "train" / "train_result.json").read_text())
+        assert result["status"] == "finished" and result["steps"] == 12
+        assert result["requeues"] == restarts(job), (delay, result["requeues"], restarts(job))
+        assert run_rows(exp)[0]["requeues"] == result["requeues"]
+        requeued += result["requeues"]
+        ours = load_file(exp / row["run_id"] / "train" / "pytorch_lora_weights.safetensors")
+        assert ours.keys() == reference.keys() and all((ours[k] == reference[k]).all() for k in ours), delay
+        logs = cli("logs", str(exp), row["run_id"]).stdout
+        assert "Traceback" not in logs, (delay, logs[-3000:])
+    assert requeued >= 3  # (a signal that SLURM delivers after training finished is rightly not a requeue)
+
+
+def test_time_limits_in_validation_and_inference_requeue_and_resume(
+    slurm_cluster: str, tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path
+) -> None:
+    """A 1-minute limit with USR2 30 s before it: each validation and inference start gets ~30 s,
+    less than either stage needs (~40 s of sampling), so both are requeued and finish where they stopped."""
+    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir,
+                     slurm={"time_min": 1, "signal_lead_s": 30, "max_requeues": 8},
+                     train={"max_steps": 4},
+                     validate={"clip_model": tiny_clip(tmp_path), "num_prompts": 4, "steps": 4000, "batch_size": 1},
+                     infer={"shards": 1, "steps": 2500, "batch_size": 1})  # fmt: skip
+    result = cli("submit", str(path), "--profile", "local")
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    exp = tmp_path / "experiments" / "sub"
+    (row,) = run_rows(exp)
+    run = exp / row["run_id"]
+    wait_for(lambda: any((run / "infer").glob("*/manifest.jsonl")), 1500, cli("logs", str(exp), row["run_id"],
+             "--stage", "infer").stdout[-4000:])  # fmt: skip
+    (row,) = run_rows(exp)
+    assert {s["state"] for s in row["stages"].values()} == {"done"}, row["stages"]
+    validate_job, (infer_job,) = row["stages"]["validate"]["job"], row["stages"]["infer"]["jobs"]
+    validation = json.loads(next((run / "validate").glob("*/validation.json")).read_text())
+    shard = json.loads(next((run / "infer").glob("*/shard-0.json")).read_text())
+    assert restarts(validate_job) >= 1 and validation["requeues"] == restarts(validate_job)
+    assert restarts(infer_job) >= 1 and shard["requeues"] == restarts(infer_job)
+    assert sacct_state(validate_job) == sacct_state(infer_job) == "COMPLETED"
+    # resumed, not restarted: the last start generated only what was missing
+    assert 0 < shard["generated"] < shard["books"] and shard["skipped"] == shard["books"] - shard["generated"]
+    logs = cli("logs", str(exp), row["run_id"], "--stage", "validate").stdout
+    assert "stopped by USR2" in logs and "requeueing" in logs
+    assert len(list((run / "validate").glob("*/images/*.png"))) == 4
+
+
+def test_two_submissions_at_once_queue_one_pipeline_and_a_second_training_is_turned_away(
+    slurm_cluster: str, tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path
+) -> None:
+    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, train={"max_steps": 40, "checkpoint_every": 10},
+                     validate={"clip_model": tiny_clip(tmp_path)}, infer={"books_file": None})  # fmt: skip
+    path.write_text(json.dumps({**json.loads(path.read_text()), "name": "twice"}))  # its own job names
+    exe = str(Path(sys.executable).parent / "cover-hpc")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
+    both = [subprocess.Popen([exe, "submit", str(path), "--profile", "local"], cwd=REPO, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]  # fmt: skip
+    outputs = [p.communicate(timeout=300) for p in both]
+    assert [p.returncode for p in both] == [0, 0], outputs
+    said = sorted(out for out, _ in outputs)
+    assert "0 of 1 runs had stages to submit" in said[0] and "1 of 1 runs had stages to submit" in said[1], said
+    exp = tmp_path / "experiments" / "twice"
+    state = json.loads((exp / "experiment.json").read_text())
+    queued = [jobs["train"] for s in state["submissions"] for jobs in s["runs"].values() if jobs["train"]]
+    assert len(queued) == 1
+    names = subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%j"], capture_output=True, text=True, timeout=60
+    ).stdout.split()
+    assert names.count("twice-train") == 1 and names.count("twice-report") == 1, names
+    (row,) = run_rows(exp)
+    metrics = exp / row["run_id"] / "train" / "metrics.jsonl"
+    wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3, 300, "training never started")
+    # a second training of the same run, by hand, while the job trains: turned away, nothing touched
+    before = {p: p.stat().st_mtime_ns for p in (exp / row["run_id"] / "train").rglob("*") if p.is_file()}
+    second = cli("train", str(path))
+    assert second.returncode == 3, second.stdout + second.stderr[-3000:]
+    assert "is held by process" in second.stderr and "SLURM job" in second.stderr
+    wait_for(lambda: any((exp / row["run_id"] / "validate").glob("*/validation.json")), 600, "never finished")
+    lines = metrics.read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, 41))
+    assert all(p.exists() or "checkpoints" in p.parts for p in before)  # only pruned checkpoints went
+    assert not list((exp / row["run_id"]).glob("*/error.json"))
