@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
 PROGRESS = "progress.json"
-_NAME_RE = re.compile(r"^step-(\d{8})$")
+_NAME_RE = re.compile(r"step-(\d{8})")
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def candidates(root: Path) -> list[Path]:
     """Checkpoint folders, newest first (by step number, never by parsing odd names)."""
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME_RE.match(p.name)) and p.is_dir()]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME_RE.fullmatch(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found, reverse=True)]
 
 

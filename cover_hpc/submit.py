@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -151,16 +152,32 @@ def load_profile(name: str | None) -> dict[str, Any]:
     if name is None:
         return {}
     path = PROFILES / f"{name}.yaml"
-    if not path.is_file():
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or not path.is_file():
         known = sorted(p.stem for p in PROFILES.glob("*.yaml"))
         raise SpecError([Problem("--profile", f"unknown profile {name!r}; profiles in {PROFILES}: {', '.join(known)}")])
-    import yaml
 
-    data = yaml.safe_load(path.read_text()) or {}
+    from cover_hpc.config import read_yaml
+    from cover_hpc.validation import control_character_problem
+
+    data, _ = read_yaml(path)  # the spec loader's limits (size, depth, aliases, duplicate keys, UTF-8)
     allowed = {"partition", "account", "qos", "constraint", "setup"}
     unknown = set(data) - allowed
     if unknown:
         raise SpecError([Problem(str(path), f"unknown keys {sorted(unknown)}; a profile may set {sorted(allowed)}")])
+    problems = []
+    for key, value in data.items():  # these reach the batch script: one line of text each
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in values) or (key != "setup" and isinstance(value, list)):
+            problems.append(
+                Problem(
+                    f"slurm.{key}", f"got {value!r}; expected {'a list of strings' if key == 'setup' else 'a string'}"
+                )
+            )
+            continue
+        found = (control_character_problem(f"slurm.{key}", v) for v in values)
+        problems += [p for p in found if p is not None]
+    if problems:
+        raise SpecError(problems, str(path))
     return data
 
 

@@ -110,11 +110,13 @@ def test_a_stop_signal_at_any_moment_of_start_up_requeues_and_never_fails(
         assert result["requeues"] == restarts(job), (delay, result["requeues"], restarts(job))
         assert run_rows(exp)[0]["requeues"] == result["requeues"]
         requeued += result["requeues"]
+        print(f"USR2 {delay} s after the step started: requeues {result['requeues']}")
         ours = load_file(exp / row["run_id"] / "train" / "pytorch_lora_weights.safetensors")
         assert ours.keys() == reference.keys() and all((ours[k] == reference[k]).all() for k in ours), delay
         logs = cli("logs", str(exp), row["run_id"]).stdout
         assert "Traceback" not in logs, (delay, logs[-3000:])
-    assert requeued >= 3  # (a signal that SLURM delivers after training finished is rightly not a requeue)
+    # one requeue per signal (the one at 5 s may, on a fast machine, reach a finished training)
+    assert requeued >= len(DELAYS) - 1
 
 
 def test_time_limits_in_validation_and_inference_requeue_and_resume(

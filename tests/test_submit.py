@@ -170,3 +170,20 @@ def test_debug_executor_runs_the_stages_in_process(tmp_path: Path, tiny_model_di
     assert "train done" in result.stdout and "validate done" in result.stdout
     (row,) = json.loads(cli("status", str(tmp_path / "experiments" / "sub"), "--json").stdout)
     assert row["stages"]["train"]["state"] == row["stages"]["validate"]["state"] == "done"
+
+
+def test_a_profile_is_read_as_strictly_as_a_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Profile values reach the batch script too: no control characters, no odd names."""
+    from cover_hpc import submit
+
+    monkeypatch.setattr(submit, "PROFILES", tmp_path)
+    (tmp_path / "evil.yaml").write_text('partition: "gpu\\ntouch /tmp/pwned"\nsetup: ["module load x", "a\\rb"]\n')
+    with pytest.raises(SpecError) as error:
+        load_profile("evil")
+    assert "slurm.partition" in str(error.value) and "control character" in str(error.value)
+    assert "slurm.setup" in str(error.value)
+    (tmp_path / "twice.yaml").write_text("partition: a\npartition: b\n")
+    with pytest.raises(SpecError, match="given twice"):
+        load_profile("twice")
+    with pytest.raises(SpecError, match="unknown profile"):
+        load_profile("../twice")
