@@ -1,7 +1,9 @@
 """Stop requests from SLURM: one flag, set by a handler installed at the first instruction of a job.
 
 SLURM warns a job before its time limit or a preemption with ``USR2`` (``--signal``), and ends it
-with ``SIGTERM`` (preemption grace time, ``scancel``, the requeue itself). Python's default action
+with ``SIGTERM`` (preemption grace time, ``scancel``, the requeue itself). Only USR2 leads to a
+requeue: after SIGTERM alone the stage saves its work and lets SLURM end the job, since SLURM
+would accept a requeue even of a cancelled job. Python's default action
 for both is to die, and submitit's own ``USR2`` handler requeues without a checkpoint. So every
 cover-hpc job step installs :func:`install` before anything else runs: ``cover_hpc/__init__``
 calls it when ``COVER_HPC_JOB=1`` (exported by the batch script), and :mod:`cover_hpc.job`, the
@@ -36,6 +38,8 @@ _installed = False
 KEPT_WATCH_S = 5.0
 #: How long a job that asked for its requeue waits to be ended by it before it fails.
 REQUEUE_WAIT_S = 300
+#: How long a job whose requeue SLURM refused waits to be ended by SLURM (a preemption) before it fails.
+REFUSED_WAIT_S = 60
 
 
 def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
@@ -152,16 +156,25 @@ def requeue_and_wait(job_id: str | None, restarts: int, max_requeues: int, is_ma
     import subprocess
 
     log = logging.getLogger(__name__)
+    if not any(name.startswith("USR2") for name in RECEIVED):
+        # SIGTERM alone is scancel (a requeue would undo it: SLURM accepts one even then) or a
+        # preemption, which requeues the job itself. The work is saved; let SLURM end the job.
+        log.warning("%s: stopped by %s; not requeueing, waiting for SLURM to end the job", what, received())
+        time.sleep(REFUSED_WAIT_S)
+        raise RequeueRefused(f"{what}: stopped by {received()} and SLURM did not end the job")
     _requeued.set()
     if is_main:
         log.warning("%s: stopped by %s; requeueing %s (restart %d)", what, received(), job_id, restarts + 1)
         result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
-            # A preemption (SIGTERM) requeues or cancels the job itself: then wait for its kill.
-            # Otherwise fail, so that no afterok dependency starts on unfinished work.
-            if "SIGTERM" not in RECEIVED:
-                raise RequeueRefused(f"scontrol requeue {job_id} failed: {(result.stderr or result.stdout).strip()}")
-            log.warning("scontrol requeue %s: %s; waiting for SLURM to end the job", job_id, result.stderr.strip())
+            # A preemption requeues (or cancels) the job itself, and SLURM may refuse our request
+            # meanwhile: give SLURM time to end the job; fail only if it does not, so that no afterok
+            # dependency ever starts on unfinished work.
+            reason = (result.stderr or result.stdout).strip()
+            log.warning("scontrol requeue %s: %s; waiting %d s for SLURM to end the job", job_id, reason,
+                        REFUSED_WAIT_S)  # fmt: skip
+            time.sleep(REFUSED_WAIT_S)
+            raise RequeueRefused(f"scontrol requeue {job_id} failed ({reason}) and SLURM did not end the job")
     deadline = time.monotonic() + REQUEUE_WAIT_S
     while time.monotonic() < deadline:  # the requeue ends this job; exiting first would fail it
         time.sleep(1)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from cover_hpc import preemption
 from cover_hpc.config import ModelConfig
 from cover_hpc.prompts import encode_chunks, tokenize_chunks
 
@@ -98,8 +99,16 @@ class Generator:
                 height=size[0],
                 width=size[1],
                 generator=generators,
+                callback_on_step_end=_stop_between_steps,
             ).images
         return images, time.perf_counter() - started
+
+
+def _stop_between_steps(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+    """A stop request (SLURM's signal) ends sampling after the current denoising step: an SDXL image
+    can take longer than the warning SLURM gives. The unfinished image is dropped; finished ones stay."""
+    preemption.check()
+    return tensors
 
 
 def load_generator(

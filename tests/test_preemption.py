@@ -123,7 +123,8 @@ def test_time_limits_in_validation_and_inference_requeue_and_resume(
     slurm_cluster: str, tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path
 ) -> None:
     """A 1-minute limit with USR2 30 s before it: each validation and inference start gets ~30 s,
-    less than either stage needs (~40 s of sampling), so both are requeued and finish where they stopped."""
+    less than either stage needs (~30-40 s of sampling), so both are requeued and finish where they
+    stopped; sampling stops within a denoising step of the signal."""
     path = spec_file(tmp_path, tiny_model_dir, demo_data_dir,
                      slurm={"time_min": 1, "signal_lead_s": 30, "max_requeues": 8},
                      train={"max_steps": 4},
@@ -148,7 +149,7 @@ def test_time_limits_in_validation_and_inference_requeue_and_resume(
     assert 0 < shard["generated"] < shard["books"] and shard["skipped"] == shard["books"] - shard["generated"]
     logs = cli("logs", str(exp), row["run_id"], "--stage", "validate").stdout
     assert "stopped by USR2" in logs and "requeueing" in logs
-    assert len(list((run / "validate").glob("*/images/*.png"))) == 4
+    assert len(list((run / "validate").glob("*/images/*.png"))) == validation["num_prompts"] == 3  # all the test set
 
 
 def test_two_submissions_at_once_queue_one_pipeline_and_a_second_training_is_turned_away(
@@ -186,3 +187,24 @@ def test_two_submissions_at_once_queue_one_pipeline_and_a_second_training_is_tur
     assert [json.loads(line)["step"] for line in lines] == list(range(1, 41))
     assert all(p.exists() or "checkpoints" in p.parts for p in before)  # only pruned checkpoints went
     assert not list((exp / row["run_id"]).glob("*/error.json"))
+
+
+def test_cancel_is_not_undone_by_a_requeue_and_keeps_the_work(
+    slurm_cluster: str, tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path
+) -> None:
+    """scancel sends SIGTERM: the run checkpoints where it is and the job ends CANCELLED (SLURM would
+    accept a requeue even of a cancelled job, so SIGTERM alone must never ask for one)."""
+    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, train={"max_steps": 400, "checkpoint_every": 1000},
+                     validate={"clip_model": tiny_clip(tmp_path)}, infer={"books_file": None})  # fmt: skip
+    assert cli("submit", str(path), "--profile", "local").returncode == 0
+    exp = tmp_path / "experiments" / "sub"
+    (row,) = run_rows(exp)
+    job = row["stages"]["train"]["job"]
+    metrics = exp / row["run_id"] / "train" / "metrics.jsonl"
+    wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3, 300, "training never started")
+    assert cli("cancel", str(exp)).returncode == 0
+    wait_for(lambda: sacct_state(job) == "CANCELLED", 120, f"job {job} is {sacct_state(job)}")
+    time.sleep(15)  # longer than SLURM's requeue delay here: a requeued job would be back by now
+    assert sacct_state(job) == "CANCELLED" and restarts(job) == 0
+    checkpoints = list((exp / row["run_id"] / "train" / "checkpoints").glob("step-*/COMPLETE"))
+    assert checkpoints, "the SIGTERM did not leave a checkpoint"
