@@ -108,7 +108,11 @@ def prepare_demo_assets(workdir: Path) -> tuple[Path, Path]:
 def cmd_demo(args: argparse.Namespace) -> int:
     env.set_offline_defaults()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    prepare_demo_assets(DEMO_DIR)
+    from cover_hpc import locks
+
+    # two demos at once: the second waits for the first to finish building the shared assets
+    with locks.held(DEMO_DIR / ".lock", f"building the demo assets in {DEMO_DIR}", wait_s=900):
+        prepare_demo_assets(DEMO_DIR)
     spec = load_spec(args.spec, args.overrides)
     runs = expand(spec)
     print(render_plan(spec, runs), flush=True)

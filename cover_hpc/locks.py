@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,11 +46,12 @@ def owner(path: Path, slot: int = 0) -> str:
 @contextlib.contextmanager
 def held(path: Path, what: str, slot: int = 0, wait_s: float = 0.0) -> Iterator[None]:
     """Hold byte ``slot`` of lock file ``path`` exclusively; raise :class:`Busy` naming the holder if
-    another process keeps it longer than ``wait_s`` seconds."""
+    another process keeps it longer than ``wait_s`` seconds (saying once that it waits)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         deadline = time.monotonic() + wait_s
+        waiting = False
         while True:
             try:
                 fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot, os.SEEK_SET)
@@ -57,6 +59,10 @@ def held(path: Path, what: str, slot: int = 0, wait_s: float = 0.0) -> Iterator[
             except OSError:
                 if time.monotonic() >= deadline:
                     raise Busy(f"{what} is held by {owner(path, slot)}") from None
+                if not waiting:
+                    print(f"cover-hpc: waiting up to {wait_s:.0f} s: {what} is held by {owner(path, slot)}",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                    waiting = True
                 time.sleep(0.2)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
                 "job": os.environ.get("SLURM_JOB_ID")}  # fmt: skip

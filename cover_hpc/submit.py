@@ -582,7 +582,8 @@ def submit(
     exp = ExperimentPaths.of(spec.output_dir, spec.name)
     # One submission of an experiment at a time: the second sees the first one's jobs in
     # experiment.json (written before the lock is released) and queues nothing for those runs.
-    with locks.held(exp.submit_lock, f"submission lock of experiment {exp.root}", wait_s=SUBMIT_LOCK_WAIT_S):
+    wait_s = SUBMIT_LOCK_WAIT_S if executor == "slurm" else LOCAL_LOCK_WAIT_S
+    with locks.held(exp.submit_lock, f"the submission lock of experiment {exp.root}", wait_s=wait_s):
         plan = make_plan(spec, runs, profile)
         preflight(spec, [r for r in runs if plan.stages[r.run_id]])
         for run in runs:
@@ -593,9 +594,10 @@ def submit(
     return plan, submission
 
 
-#: How long a submission waits for another one of the same experiment (a SLURM submission holds
-#: the lock for seconds; a local one for its whole run).
+#: How long a submission waits for another one of the same experiment: a SLURM submission holds
+#: the lock for seconds; a local one for its whole run, after which the waiting one finds it done.
 SUBMIT_LOCK_WAIT_S = 120.0
+LOCAL_LOCK_WAIT_S = 6 * 3600.0
 
 
 def _sbatch_text(plan: Plan, params: dict[str, Any]) -> str:
