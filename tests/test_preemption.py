@@ -119,23 +119,46 @@ def test_a_stop_signal_at_any_moment_of_start_up_requeues_and_never_fails(
     assert requeued >= len(DELAYS) - 1
 
 
+def seconds_per_step(model: Path) -> float:
+    """Denoising seconds per step of the tiny model at 64 x 64 on one thread, as a job runs it."""
+    import torch
+
+    from cover_hpc.config import ModelConfig
+    from cover_hpc.sampling import load_generator
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        generator = load_generator(ModelConfig(pretrained=str(model)), None, 525)
+        generator.generate(["warm-up"], [0], 20, 5.0, (64, 64))
+        started = time.perf_counter()
+        generator.generate(["a cover"], [0], 300, 5.0, (64, 64))
+        return (time.perf_counter() - started) / 300
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.timeout(1800)
 def test_time_limits_in_validation_and_inference_requeue_and_resume(
     slurm_cluster: str, tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path
 ) -> None:
-    """A 1-minute limit with USR2 30 s before it: each validation and inference start gets ~30 s,
-    less than either stage needs (~30-40 s of sampling), so both are requeued and finish where they
-    stopped; sampling stops within a denoising step of the signal."""
+    """A 2-minute limit with USR2 30 s before it, which slurmctld sends up to 30 s early (its check
+    runs every 30 s): each start gets 60-90 s. Validation (3 images) and inference (7) are sized to
+    need ~110 s of sampling on this machine, so both are requeued by their time limit and finish
+    where they stopped; sampling stops within a denoising step of the signal."""
+    per_step = seconds_per_step(tiny_model_dir)
     path = spec_file(tmp_path, tiny_model_dir, demo_data_dir,
-                     slurm={"time_min": 1, "signal_lead_s": 30, "max_requeues": 8},
+                     slurm={"time_min": 2, "signal_lead_s": 30, "max_requeues": 8},
                      train={"max_steps": 4},
-                     validate={"clip_model": tiny_clip(tmp_path), "num_prompts": 4, "steps": 4000, "batch_size": 1},
-                     infer={"shards": 1, "steps": 2500, "batch_size": 1})  # fmt: skip
+                     validate={"clip_model": tiny_clip(tmp_path), "num_prompts": 3, "steps": int(36 / per_step),
+                               "batch_size": 1},
+                     infer={"shards": 1, "steps": int(16 / per_step), "batch_size": 1})  # fmt: skip
     result = cli("submit", str(path), "--profile", "local")
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     exp = tmp_path / "experiments" / "sub"
     (row,) = run_rows(exp)
     run = exp / row["run_id"]
-    wait_for(lambda: any((run / "infer").glob("*/manifest.jsonl")), 1500, cli("logs", str(exp), row["run_id"],
+    wait_for(lambda: any((run / "infer").glob("*/manifest.jsonl")), 1700, cli("logs", str(exp), row["run_id"],
              "--stage", "infer").stdout[-4000:])  # fmt: skip
     (row,) = run_rows(exp)
     assert {s["state"] for s in row["stages"].values()} == {"done"}, row["stages"]
