@@ -41,13 +41,33 @@ def render_plan(spec: ExperimentSpec, runs: Sequence[Run]) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from cover_hpc.submit import preflight_problems
+
     spec = load_spec(args.spec, args.overrides)
     runs = expand(spec)
     if args.json:
         print(json.dumps([{"run_id": run.run_id, **to_dict(run.swept)} for run in runs], indent=2))
     else:
         print(render_plan(spec, runs))
+    problems = preflight_problems(runs)  # on stderr: --json output stays machine-readable
+    for problem in problems:
+        print(f"cover-hpc: warning: {problem.render()} (submit would refuse this)", file=sys.stderr)
+    hint = fetch_hint(args, problems)
+    if hint:
+        print(f"cover-hpc: {hint}", file=sys.stderr)
     return 0
+
+
+def fetch_hint(args: argparse.Namespace, problems: Sequence[Problem]) -> str | None:
+    """The exact fetch command for this spec and overrides, when a model is missing from the cache."""
+    import shlex
+
+    from cover_hpc.models import is_fetchable
+
+    if not any(is_fetchable(problem) for problem in problems):
+        return None
+    command = shlex.join(["cover-hpc", "fetch", str(args.spec), *args.overrides])
+    return f"to fetch the missing models, run on a machine with network access: {command}"
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -143,8 +163,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except SubmitError as error:
         print(f"cover-hpc: {error}", file=sys.stderr)
         return 1
+    except SpecError as error:
+        hint = fetch_hint(args, error.problems)
+        print(f"cover-hpc: {error}" + (f"\ncover-hpc: {hint}" if hint else ""), file=sys.stderr)
+        return 2
     if submission is None:
         print(render_dry_run(plan))
+        hint = fetch_hint(args, plan.warnings)
+        if hint:
+            print(f"# {hint}")
         return 0
     todo = {run_id: stages for run_id, stages in plan.stages.items() if stages}
     print(f"{len(todo)} of {len(runs)} runs had stages to {'submit' if executor == 'slurm' else 'run'}"
@@ -187,6 +214,27 @@ def wait_for(experiment: Path) -> int:
         r["run_id"] for r in rows if "failed" in (r["stages"]["train"]["state"], r["stages"]["validate"]["state"])
     ]
     print(f"finished; {len(failed)} run(s) failed" + (f": {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    """Download the models of every run into the Hugging Face cache, then show where each resolves."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from cover_hpc import models
+
+    spec = load_spec(args.spec, args.overrides)
+    failed = 0
+    for ref, result in models.fetch_all(models.models_of(run.spec for run in expand(spec))):
+        if isinstance(result, models.FetchError):
+            print(f"cover-hpc: {result}", file=sys.stderr)
+        elif not result.ok:
+            print(f"cover-hpc: {models.problem_after_fetch(result).render()}", file=sys.stderr)
+        else:
+            print(f"{ref.key}: {ref.describe()} -> {result.path}")
+            continue
+        failed += 1
+    if failed:
+        print(f"cover-hpc: {failed} model(s) not ready; jobs would fail to load them", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -374,6 +422,18 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--dry-run", action="store_true", help="print the sbatch scripts and the graph; submit nothing")
     submit.add_argument("--wait", action="store_true", help="wait until every job of this submission has ended")
     submit.set_defaults(func=cmd_submit)
+
+    fetch = commands.add_parser(
+        "fetch",
+        help="download the models a spec names into the Hugging Face cache (needs network: the login node)",
+        description="Download every model the spec's runs name (model.pretrained, model.vae, "
+        "validate.clip_model) into the local Hugging Face cache, only the files their loaders read "
+        "(model.variant's weights, no flax/onnx/single-file duplicates), then check offline that each "
+        "resolves and print where. Compute nodes then load them with HF_HUB_OFFLINE=1.",
+    )
+    fetch.add_argument("spec", type=Path, help="experiment spec (YAML)")
+    fetch.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
+    fetch.set_defaults(func=cmd_fetch)
 
     status = commands.add_parser("status", help="a table of the runs of a submitted experiment",
                                  description="Per run: swept values, stage states, SLURM states, progress, loss, "

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cover_hpc import atomic, env, locks, preemption
+from cover_hpc import atomic, env, locks, models, preemption
 from cover_hpc.config import ExperimentSpec, Problem, SlurmConfig, SpecError, spec_from_dict, to_dict
 from cover_hpc.paths import ExperimentPaths, InferencePaths, RunPaths, ValidationPaths
 from cover_hpc.runs import count_requeues, inference_key, prepare_run, validation_key
@@ -372,7 +372,8 @@ def preflight(spec: ExperimentSpec, runs: Sequence[Run]) -> None:
 
 
 def preflight_problems(runs: Sequence[Run]) -> list[Problem]:
-    """What would fail on the cluster: missing data folders, books file, model folder."""
+    """What would fail on the cluster: missing data folders, books file, and models that neither a
+    folder nor the local Hugging Face cache holds (compute nodes may have no network)."""
     problems = []
     for run in runs:
         data = run.spec.data
@@ -384,12 +385,7 @@ def preflight_problems(runs: Sequence[Run]) -> list[Problem]:
         books = run.spec.infer.books_file
         if books and not Path(books).is_file():
             problems.append(Problem("infer.books_file", f"file {books!r} does not exist"))
-        model = run.spec.model.pretrained
-        looks_local = model.startswith((".", "/")) or Path(model).exists() or model.count("/") != 1
-        if looks_local and not (Path(model) / "model_index.json").is_file():
-            problems.append(
-                Problem("model.pretrained", f"{model!r} is not a diffusers pipeline folder (no model_index.json)")
-            )
+    problems += models.model_problems(run.spec for run in runs)
     return list({(p.key, p.message): p for p in problems}.values())
 
 
