@@ -26,6 +26,9 @@ UNSWEEPABLE = ("name", "output_dir", "sweep")
 
 Rule = tuple[str, Callable[[Any], bool], str]
 
+#: How early SLURM may send a job's --signal warning ("up to 60 seconds earlier than specified").
+SIGNAL_EARLY_S = 60
+
 
 def _rules(spec: ExperimentSpec) -> list[Rule]:
     positive = (lambda v: v >= 1, "must be 1 or more")
@@ -126,12 +129,16 @@ def value_problems(spec: ExperimentSpec) -> list[Problem]:
     problems += _size_problems("data.size", spec.data.size)
     problems += _size_problems("infer.size", spec.infer.size)
     slurm = spec.slurm
-    if slurm.signal_lead_s >= slurm.time_min * 60:
+    if slurm.signal_lead_s + SIGNAL_EARLY_S > slurm.time_min * 60:
+        # slurmctld checks for warnings every 30 s and sends them when due within that period, and
+        # its documentation allows 60 s: a job whose warning comes before it could do any work
+        # would be requeued again and again without progress.
         problems.append(
             Problem(
                 "slurm.signal_lead_s",
                 f"got {slurm.signal_lead_s}; must be shorter than slurm.time_min "
-                f"({slurm.time_min} min = {slurm.time_min * 60} s).",
+                f"({slurm.time_min} min = {slurm.time_min * 60} s) by at least {SIGNAL_EARLY_S} s, since "
+                f"SLURM may send the warning up to {SIGNAL_EARLY_S} s early; lower it or raise slurm.time_min.",
             )
         )
     if slurm.gpus_per_node > 0 and slurm.tasks_per_node not in (None, slurm.gpus_per_node):

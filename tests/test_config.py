@@ -439,3 +439,11 @@ def test_huge_integer_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     message = problems_of(overrides=(f"train.epochs={'9' * 5000}",))
     assert "train.epochs (set on the command line): cannot read this value: Exceeds the limit" in message
     assert "sys.set_int_max_str_digits" not in message
+
+
+def test_the_warning_must_leave_time_for_work_as_slurm_may_send_it_early() -> None:
+    with pytest.raises(
+        SpecError, match=r"slurm.signal_lead_s \(set on the command line\): got 30; .*at least 60 s.*up to 60 s early"
+    ):
+        load_spec(None, ["slurm.time_min=1", "slurm.signal_lead_s=30"])
+    load_spec(None, ["slurm.time_min=2", "slurm.signal_lead_s=30"])
