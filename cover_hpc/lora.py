@@ -50,7 +50,7 @@ def load_parts(model: ModelConfig) -> SDXLParts:
     try:
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **weights)
         vae = (
-            AutoencoderKL.from_pretrained(model.vae, revision=model.revision)
+            AutoencoderKL.from_pretrained(model.vae)  # model.revision is the base pipeline's, not the VAE's
             if model.vae
             else AutoencoderKL.from_pretrained(source, subfolder="vae", **weights)
         )

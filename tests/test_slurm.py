@@ -110,7 +110,8 @@ def test_preempted_array_task_resumes_to_the_same_lora(
 def test_a_request_slurm_refuses_is_shown_and_nothing_stays_queued(
     slurm_cluster: str, tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path
 ) -> None:
-    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, slurm={"partition": "no-such-partition"})
+    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, slurm={"partition": "no-such-partition"},
+                     validate={"clip_model": tiny_clip(tmp_path)})  # fmt: skip
     result = cli("submit", str(path))
     assert result.returncode == 1
     assert "SLURM refused the submission" in result.stderr and "invalid partition" in result.stderr.lower()
