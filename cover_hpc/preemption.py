@@ -156,7 +156,7 @@ def requeue_and_wait(job_id: str | None, restarts: int, max_requeues: int, is_ma
     import subprocess
 
     log = logging.getLogger(__name__)
-    if not any(name.startswith("USR2") for name in RECEIVED):
+    if not any("USR2" in name for name in RECEIVED):
         # SIGTERM alone is scancel (a requeue would undo it: SLURM accepts one even then) or a
         # preemption, which requeues the job itself. The work is saved; let SLURM end the job.
         log.warning("%s: stopped by %s; not requeueing, waiting for SLURM to end the job", what, received())

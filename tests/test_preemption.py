@@ -231,3 +231,29 @@ def test_cancel_is_not_undone_by_a_requeue_and_keeps_the_work(
     assert sacct_state(job) == "CANCELLED" and restarts(job) == 0
     checkpoints = list((exp / row["run_id"] / "train" / "checkpoints").glob("step-*/COMPLETE"))
     assert checkpoints, "the SIGTERM did not leave a checkpoint"
+
+
+def test_only_usr2_asks_for_a_requeue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit level: SIGTERM alone waits for SLURM to end the job; USR2 (caught by Python or kept by the
+    step's wrapper during start-up) asks scontrol for the requeue."""
+    import signal
+
+    from cover_hpc import preemption
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(preemption, "REFUSED_WAIT_S", 0)
+    monkeypatch.setattr(preemption, "REQUEUE_WAIT_S", 0)
+    monkeypatch.setattr(
+        subprocess, "run", lambda args, **kw: calls.append(args) or subprocess.CompletedProcess(args, 0)
+    )
+    for received, asks in ((["SIGTERM"], False), (["SIGUSR2"], True), (["USR2 (during start-up)"], True)):
+        preemption.reset()
+        preemption.RECEIVED.extend(received)
+        calls.clear()
+        with pytest.raises((preemption.RequeueRefused, RuntimeError)):
+            preemption.requeue_and_wait("7_1", 0, 3, True, "test")
+        assert (calls == [["scontrol", "requeue", "7_1"]]) is asks, received
+    preemption.reset()
+    with pytest.raises(preemption.RequeueRefused, match="max_requeues=3"):
+        preemption.requeue_and_wait("7_1", 3, 3, True, "test")
+    assert signal.Signals.SIGUSR2.name == "SIGUSR2"
