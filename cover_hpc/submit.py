@@ -94,9 +94,9 @@ class TrainTask:
         paths = RunPaths(Path(self.run_dir))
         with recorded_failure(paths, "train"):
             result = train.train_run(paths.root)
-        if result.status == "finished":
-            return result.__dict__
-        _stop_and_requeue(self.max_requeues, f"training of {paths.root.name} at step {result.steps}")
+            if result.status == "finished":
+                return result.__dict__
+            _stop_and_requeue(self.max_requeues, f"training of {paths.root.name} at step {result.steps}")
         raise AssertionError("unreachable: requeue_and_wait returns only by raising")
 
 
@@ -123,7 +123,11 @@ class StageTask:
         try:
             return self._run()
         except preemption.Stopped:
-            _stop_and_requeue(self.max_requeues, what)
+            if self.stage == "report":
+                _stop_and_requeue(self.max_requeues, what)
+            else:  # a requeue refused (max_requeues spent) is this stage's failure, for status and report
+                with recorded_failure(RunPaths(Path(self.target)), self.stage):
+                    _stop_and_requeue(self.max_requeues, what)
             raise AssertionError("unreachable: requeue_and_wait returns only by raising") from None
 
     def _run(self) -> Any:

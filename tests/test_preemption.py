@@ -257,3 +257,35 @@ def test_only_usr2_asks_for_a_requeue(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(preemption.RequeueRefused, match="max_requeues=3"):
         preemption.requeue_and_wait("7_1", 3, 3, True, "test")
     assert signal.Signals.SIGUSR2.name == "SIGUSR2"
+
+
+@pytest.mark.timeout(1200)
+def test_a_time_limit_in_training_requeues_it_and_max_requeues_bounds_it(
+    slurm_cluster: str, tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path
+) -> None:
+    """Training that cannot finish: its time-limit warning checkpoints and requeues it once, the
+    second start resumes from that checkpoint, and its own warning then ends the run as failed
+    with the reason (slurm.max_requeues=1), leaving the checkpoint for a later submission."""
+    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir,
+                     slurm={"time_min": 2, "signal_lead_s": 30, "max_requeues": 1},
+                     train={"max_steps": 100000, "checkpoint_every": 100000},
+                     validate={"clip_model": tiny_clip(tmp_path)}, infer={"books_file": None})  # fmt: skip
+    assert cli("submit", str(path), "--profile", "local").returncode == 0
+    exp = tmp_path / "experiments" / "sub"
+    (row,) = run_rows(exp)
+    job = row["stages"]["train"]["job"]
+    error = exp / row["run_id"] / "train" / "error.json"
+    wait_for(error.is_file, 900, cli("logs", str(exp), row["run_id"]).stdout[-4000:])
+    assert "max_requeues=1" in json.loads(error.read_text())["message"]
+    wait_for(lambda: sacct_state(job) not in ("RUNNING", "PENDING", "REQUEUED", ""), 300, sacct_state(job))
+    assert restarts(job) == 1
+    starts = [json.loads(line) for line in (exp / row["run_id"] / "train" / "starts.jsonl").read_text().splitlines()]
+    assert [s["restarts"] for s in starts] == [0, 1]
+    steps = sorted(
+        int(p.parent.name.split("-")[1]) for p in (exp / row["run_id"] / "train").glob("checkpoints/*/COMPLETE")
+    )
+    assert len(steps) == 2 and 0 < steps[0] < steps[1]  # one checkpoint per warning; the second start resumed
+    logs = cli("logs", str(exp), row["run_id"]).stdout
+    assert "resumed from" in logs and "requeueing" in logs
+    (row,) = run_rows(exp)
+    assert row["stages"]["train"]["state"] == "failed" and row["requeues"] == 1
