@@ -39,8 +39,14 @@ def step_started(job: str, deadline_s: float = 300) -> float:
 
 
 def restarts(job: str) -> int:
+    """SLURM's restart count of a job: scontrol while the controller remembers it (MinJobAge), else
+    the number of its requeued instances in accounting (sacct --duplicates lists each one)."""
     show = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=60).stdout
-    return int(show.split("Restarts=")[1].split()[0])
+    if "Restarts=" in show:
+        return int(show.split("Restarts=")[1].split()[0])
+    lines = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-o", "JobID", "-j", job], capture_output=True,
+                           text=True, timeout=60).stdout.split()  # fmt: skip
+    return len(lines) - 1
 
 
 def sacct_state(job: str) -> str:
