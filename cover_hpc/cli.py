@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cover_hpc import env
-from cover_hpc.config import ExperimentSpec, Problem, SpecError, field_help, load_spec, to_dict
+from cover_hpc.config import DataConfig, ExperimentSpec, Problem, SpecError, field_help, load_spec, to_dict
 from cover_hpc.locks import Busy
 from cover_hpc.paths import ExperimentPaths
 from cover_hpc.sweep import Run, expand
@@ -103,6 +103,28 @@ def cmd_make_demo_data(args: argparse.Namespace) -> int:
 
     demo = make_demo_data(args.dir, num_books=args.num_books, extra_books=args.extra_books, seed=args.seed)
     print(f"demo covers in {demo.root}: {demo.train} train, {demo.test} test, {demo.books} books in books.jsonl")
+    return 0
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> int:
+    from cover_hpc.prepare import PrepareOptions, Progress, default_workers, describe, prepare
+
+    options = PrepareOptions(
+        source=args.source, out=args.out, format=args.format, test_fraction=args.test_fraction, seed=args.seed,
+        min_side=args.min_side, orientation=args.orientation, workers=args.workers or default_workers(),
+        lowercase=args.lowercase, overwrite=args.overwrite, dry_run=args.dry_run,
+        max_caption_tokens=args.max_caption_tokens,
+    )  # fmt: skip
+    try:
+        result = prepare(options, Progress(sys.stderr))
+    except KeyboardInterrupt:
+        print("\ncover-hpc: interrupted; every file written is whole; run the same command again to go on",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    except OSError as error:  # disk full, permissions: the file and the cause, no traceback
+        print(f"cover-hpc: {error}", file=sys.stderr)
+        return 1
+    print(describe(result))
     return 0
 
 
@@ -391,6 +413,39 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--num-books", type=int, default=64, help="books split into train and test (default 64)")
     data.add_argument("--extra-books", type=int, default=8, help="unseen books added to books.jsonl (default 8)")
     data.set_defaults(func=cmd_make_demo_data)
+
+    prep = commands.add_parser(
+        "prepare-data",
+        help="build train_set/ and test_set/ (imagefolder) and a data report from raw book records and covers",
+        description="Read book records and cover images (bookdb: text/<sub>/<id>.txt with image/<sub>/<id>.jpg; "
+        "or a JSONL or CSV file of id, title, publisher, genres, description, author, image), decode and check "
+        "every cover, drop unusable books and duplicate covers (with their reasons), caption the rest with the "
+        "book-cover template and split them by a hash of the id. Writes OUT/train_set, OUT/test_set, "
+        "OUT/test_books.jsonl and OUT/report/. Running it again redoes only what changed.",
+    )
+    prep.add_argument("source", type=Path, help="raw data: a bookdb folder, a .jsonl or .csv file, or a folder of them")
+    prep.add_argument("out", type=Path, help="output folder (not inside SOURCE)")
+    prep.add_argument("--format", default="auto", choices=["auto", "bookdb", "jsonl", "csv"],
+                      help="source format (default auto: from the file name or the folder's contents)")  # fmt: skip
+    prep.add_argument("--test-fraction", type=float, default=0.08,
+                      help="share of books held out in test_set, reached on average (default 0.08)")  # fmt: skip
+    prep.add_argument("--seed", type=int, default=42, help="seed of the train/test split (default 42)")
+    prep.add_argument("--min-side", type=int, default=305, help="drop covers with a side under N px (default 305)")
+    prep.add_argument("--orientation", choices=["portrait", "any"], default="portrait",
+                      help="portrait (default): keep only covers with width < height; any: keep all")  # fmt: skip
+    prep.add_argument("--workers", type=int, default=0, metavar="N",
+                      help="decoding processes (default: the CPUs this process may use)")  # fmt: skip
+    prep.add_argument("--lowercase", action="store_true",
+                      help="research captions: lower case, punctuation spaced. The template that training, "
+                      "validation and inference share always writes them, so this changes nothing")  # fmt: skip
+    prep.add_argument("--max-caption-tokens", type=int, default=DataConfig().max_caption_tokens, metavar="N",
+                      help="caption budget drawn in the report's token plot (data.max_caption_tokens, default "
+                      "%(default)s)")  # fmt: skip
+    prep.add_argument("--overwrite", action="store_true",
+                      help="replace a dataset in OUT prepared from another source, or files prepare-data did not "
+                      "write (only train_set/, test_set/, test_books.jsonl and report/ are removed)")  # fmt: skip
+    prep.add_argument("--dry-run", action="store_true", help="report what would be kept and dropped; write nothing")
+    prep.set_defaults(func=cmd_prepare_data)
 
     train = commands.add_parser(
         "train",
