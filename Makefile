@@ -35,8 +35,8 @@ $(COMFY_STAMP): requirements-comfy.txt $(STAMP)
 
 comfy-deps: $(COMFY_STAMP)
 
-# Debian packages the tests use: headless Chromium for the report test. Installed when missing
-# and we are root (CI, a fresh dev machine); otherwise say what to install.
+# Debian packages the tests use: headless Chromium for the report test, and libGL for the OCR
+# engine. Installed when missing and we are root (CI, a fresh dev machine); otherwise say what to install.
 SYSTEM_TOOLS := chromium chromedriver
 system-deps:
 	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
@@ -46,6 +46,16 @@ system-deps:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 		else \
 			echo "missing:$$missing; install Debian's chromium and chromium-driver (as root: apt-get install chromium chromium-driver)"; exit 1; \
+		fi; \
+	fi
+	@# The OCR engine's image library (opencv-python, pulled in by rapidocr-onnxruntime) links
+	@# libGL.so.1, which a minimal Debian lacks: Debian's libgl1 brings it (and libX11).
+	@if ! $(PYTHON) -c "import ctypes.util, sys; sys.exit(ctypes.util.find_library('GL') is None)"; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing Debian's libgl1 for opencv-python (OCR)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgl1 >/dev/null; \
+		else \
+			echo "missing libGL.so.1, which opencv-python (OCR) needs; install Debian's libgl1 (as root: apt-get install libgl1)"; exit 1; \
 		fi; \
 	fi
 

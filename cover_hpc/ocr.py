@@ -1,0 +1,191 @@
+"""Reading titles back from covers: one OCR module for the title-legibility metric of validation
+and the check of typeset covers.
+
+- :func:`normalise_title`, :func:`title_similarity` and :func:`exact_match` compare an expected
+  title with what OCR read after folding case, accents and punctuation and collapsing runs of
+  spaces, so the score counts letters, digits and word breaks.
+- :func:`load_ocr` returns an :class:`OcrEngine`. Both engines carry their model inside what
+  installs them, so nothing is downloaded at run time (compute nodes have no network):
+
+  ``rapidocr``   ``rapidocr-onnxruntime`` from PyPI (PP-OCRv4 detection and recognition models
+                 in the wheel, run by onnxruntime on the CPU); a project dependency. The default.
+  ``tesseract``  Debian's ``tesseract-ocr`` and ``tesseract-ocr-eng`` (the ``tesseract`` program,
+                 run once per image); optional.
+
+  ``benchmarks/ocr_engines.py`` chose the default: on 300 titles typeset over busy images,
+  rapidocr scored 0.99 mean similarity and 84 % exact matches, tesseract 0.57 and 21 %
+  (docs/PERFORMANCE.md, "OCR").
+- :func:`ocr_title_scores` scores a set of images against their titles (what validation reports).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import unicodedata
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from PIL import Image
+
+ENGINES = ("rapidocr", "tesseract")
+# Latin letters with a stroke or ligatures that NFKD leaves whole; folded like accents.
+_FOLD = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "ħ": "h", "ı": "i", "æ": "ae", "œ": "oe", "þ": "th"})
+
+
+class OcrUnavailable(RuntimeError):
+    """The OCR engine asked for is not installed; the message says what to install."""
+
+
+def normalise_title(text: str) -> str:
+    """Case folded, accents removed (NFKD, combining marks dropped; ø, ł, æ, œ... folded too),
+    punctuation and symbols removed, whitespace collapsed to single spaces."""
+    folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold()).translate(_FOLD)
+    kept = []
+    for char in folded:
+        category = unicodedata.category(char)
+        if category[0] in "MPSC" and not char.isspace():  # marks, punctuation, symbols, controls
+            continue
+        kept.append(char)
+    return " ".join("".join(kept).split())
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insertions, deletions, substitutions, each 1)."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        previous = current
+    return previous[-1]
+
+
+def title_similarity(expected: str, read: str) -> float:
+    """1 - edit distance / length of the longer string, on normalised strings (1.0 when both are
+    empty after normalising)."""
+    a, b = normalise_title(expected), normalise_title(read)
+    if not a and not b:
+        return 1.0
+    return 1.0 - levenshtein(a, b) / max(len(a), len(b))
+
+
+def exact_match(expected: str, read: str) -> bool:
+    """Whether the normalised strings are equal."""
+    return normalise_title(expected) == normalise_title(read)
+
+
+class OcrEngine(Protocol):
+    name: str
+
+    def read(self, image: Image.Image) -> str:
+        """All the text in ``image``, lines joined by spaces, in reading order."""
+        ...
+
+
+def _reading_order(boxes: Sequence[tuple[float, float, float, str]]) -> str:
+    """Texts of (top, bottom, left, text) boxes top to bottom, and left to right within a line:
+    a box joins the current line when its vertical centre lies within the line's first box."""
+    lines: list[list[tuple[float, float, float, str]]] = []
+    for box in sorted(boxes):
+        top, bottom = box[0], box[1]
+        if lines and lines[-1][0][0] <= (top + bottom) / 2 <= lines[-1][0][1]:
+            lines[-1].append(box)
+        else:
+            lines.append([box])
+    return " ".join(box[3] for line in lines for box in sorted(line, key=lambda b: b[2]))
+
+
+class RapidOcr:
+    """PP-OCRv4 (detection, angle classification, recognition) through rapidocr-onnxruntime."""
+
+    name = "rapidocr"
+
+    def __init__(self, threads: int | None = None) -> None:
+        try:
+            from rapidocr_onnxruntime import RapidOCR
+        except ImportError as error:
+            if "libGL" in str(error):  # installed, but opencv-python cannot load its system library
+                raise OcrUnavailable(
+                    f"OCR engine 'rapidocr' cannot load opencv-python ({error}); install Debian's libgl1 "
+                    "(as root: apt-get install libgl1; make system-deps does it) or your system's Mesa libGL"
+                ) from error
+            raise OcrUnavailable(
+                f"OCR engine 'rapidocr' needs the rapidocr-onnxruntime package ({error}); it is in "
+                "requirements.txt: pip install -r requirements.txt (or make venv)"
+            ) from error
+        options: dict[str, Any] = {"intra_op_num_threads": threads} if threads else {}
+        self._engine = RapidOCR(**options)
+
+    def read(self, image: Image.Image) -> str:
+        result, _ = self._engine(image.convert("RGB"))
+        boxes = []
+        for points, text, _score in result or ():
+            ys, xs = [p[1] for p in points], [p[0] for p in points]
+            boxes.append((min(ys), max(ys), min(xs), str(text)))
+        return _reading_order(boxes)
+
+
+class TesseractOcr:
+    """Debian's tesseract (LSTM, English data) run as a program; ``--psm 11`` (sparse text) finds
+    titles anywhere on a cover, which the automatic page layout misses over busy backgrounds."""
+
+    name = "tesseract"
+
+    def __init__(self, threads: int | None = None, psm: int = 11) -> None:
+        self._program = shutil.which("tesseract")
+        if self._program is None:
+            raise OcrUnavailable(
+                "OCR engine 'tesseract' needs the tesseract program, not found on PATH; install Debian's "
+                "tesseract-ocr and tesseract-ocr-eng (as root: apt-get install tesseract-ocr tesseract-ocr-eng)"
+            )
+        self._psm = psm
+        self._env = {**os.environ, "OMP_THREAD_LIMIT": str(threads or 1)}
+
+    def read(self, image: Image.Image) -> str:
+        png = io.BytesIO()
+        image.convert("RGB").save(png, format="PNG", compress_level=1)
+        result = subprocess.run(
+            [str(self._program), "stdin", "stdout", "-l", "eng", "--psm", str(self._psm)],
+            input=png.getvalue(), capture_output=True, env=self._env, timeout=120, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise RuntimeError(f"tesseract failed ({result.returncode}): {result.stderr.decode(errors='replace')}")
+        return " ".join(result.stdout.decode("utf-8", errors="replace").split())
+
+
+def load_ocr(engine: str = "auto", threads: int | None = None) -> OcrEngine:
+    """The OCR engine named (one of ENGINES), or ``auto``: rapidocr, the more accurate one.
+    ``auto`` never falls back to another engine, so scores stay comparable between machines.
+    Raises OcrUnavailable, naming what to install, when the engine is missing."""
+    name = "rapidocr" if engine == "auto" else engine
+    if name == "rapidocr":
+        return RapidOcr(threads)
+    if name == "tesseract":
+        return TesseractOcr(threads)
+    raise ValueError(f"unknown OCR engine {engine!r}; one of auto, {', '.join(ENGINES)}")
+
+
+def ocr_title_scores(engine: OcrEngine, images: Sequence[Image.Image], titles: Sequence[str]) -> dict[str, Any]:
+    """Read each image and compare it with its title: the engine's name, the mean title similarity,
+    the exact-match rate (None for no images) and, per image, the title, what was read, its
+    similarity and match."""
+    if len(images) != len(titles):
+        raise ValueError(f"{len(images)} images but {len(titles)} titles")
+    per_image: list[dict[str, Any]] = []
+    for image, title in zip(images, titles, strict=True):
+        read = engine.read(image)
+        similarity, exact = title_similarity(title, read), exact_match(title, read)
+        per_image.append({"title": title, "read": read, "similarity": similarity, "exact": exact})
+    count = len(per_image)
+    return {
+        "engine": engine.name,
+        "count": count,
+        "mean_similarity": sum(row["similarity"] for row in per_image) / count if count else None,
+        "exact_match_rate": sum(row["exact"] for row in per_image) / count if count else None,
+        "per_image": per_image,
+    }
