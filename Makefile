@@ -38,6 +38,7 @@ comfy-deps: $(COMFY_STAMP)
 # Debian packages the tests use: headless Chromium for the report test, and libGL for the OCR
 # engine. Installed when missing and we are root (CI, a fresh dev machine); otherwise say what to install.
 SYSTEM_TOOLS := chromium chromedriver
+FONT_PACKAGES := fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-urw-base35 fonts-wqy-microhei
 system-deps:
 	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
@@ -56,6 +57,19 @@ system-deps:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgl1 >/dev/null; \
 		else \
 			echo "missing libGL.so.1, which opencv-python (OCR) needs; install Debian's libgl1 (as root: apt-get install libgl1)"; exit 1; \
+		fi; \
+	fi
+	@# The fonts covers are typeset in (cover_hpc/typeset.py): DejaVu, Liberation, URW base35 and
+	@# WenQuanYi Micro Hei for CJK, 33 MB installed (fonts-noto-cjk alone is 91 MB). Checked where dpkg is.
+	@fonts=""; if command -v dpkg-query >/dev/null; then for package in $(FONT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "ok installed" || fonts="$$fonts $$package"; \
+	done; fi; \
+	if [ -n "$$fonts" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing Debian's font packages:$$fonts"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$fonts >/dev/null; \
+		else \
+			echo "missing fonts for typesetting:$$fonts (as root: apt-get install$$fonts)"; exit 1; \
 		fi; \
 	fi
 

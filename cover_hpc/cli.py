@@ -322,6 +322,38 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_typeset(args: argparse.Namespace) -> int:
+    """Typeset a title (and author) over an image; print the layout record (and the OCR read-back)."""
+    from cover_hpc.typeset import TypesetError, read_back, typeset_file
+
+    genres = [genre.strip() for value in args.genres or () for genre in value.split(",") if genre.strip()]
+    try:
+        result = typeset_file(args.image, args.out, title=args.title, author=args.author, genres=genres, font=args.font)
+    except TypesetError as error:
+        print(f"cover-hpc: {args.image}: {error}; no cover written", file=sys.stderr)
+        return 1
+    except OSError as error:  # unreadable image, an output folder that cannot be written: no traceback
+        print(f"cover-hpc: {error}", file=sys.stderr)
+        return 1
+    record = {"output": str(args.out), **result.layout.to_dict()}
+    status = 0
+    if args.verify:
+        from cover_hpc.ocr import OcrUnavailable
+
+        try:
+            record["ocr"] = read_back(result, args.ocr_engine)
+        except OcrUnavailable as error:
+            print(f"cover-hpc: {error}", file=sys.stderr)
+            return 1
+        misread = [role for role in ("title", "author") if role in record["ocr"] and not record["ocr"][role]["exact"]]
+        if misread:
+            print(f"cover-hpc: {args.out} written, but OCR did not read back the {' and '.join(misread)} exactly "
+                  "(see ocr in the record); check the cover", file=sys.stderr)  # fmt: skip
+            status = 4
+    print(json.dumps(record, indent=2, ensure_ascii=False))
+    return status
+
+
 def cmd_make_tiny_clip(args: argparse.Namespace) -> int:
     env.set_offline_defaults()
     from cover_hpc.demo.tiny_clip import build_tiny_open_clip, build_tiny_transformers_clip
@@ -536,6 +568,26 @@ def build_parser() -> argparse.ArgumentParser:
     clip.add_argument("--backend", choices=["transformers", "open_clip"], default="transformers")
     clip.add_argument("--seed", type=int, default=3, help="weight seed (default 3)")
     clip.set_defaults(func=cmd_make_tiny_clip)
+
+    typeset = commands.add_parser(
+        "typeset",
+        help="typeset a title (and author) over an image: a finished cover",
+        description="Set the title in the calmest of the top, middle and bottom bands, as large as fits in at "
+        "most 3 lines, in the colour of highest WCAG contrast with the pixels behind it (a scrim or outline "
+        "where none reaches 4.5:1); the author in the calmest band left. Prints the layout record as JSON. "
+        "Exit status: 0 written, 1 not written (text that does not fit, a character no font has, a bad "
+        "image), 4 written but --verify's OCR did not read the text back exactly.",
+    )
+    typeset.add_argument("image", type=Path, help="the art (any image PIL reads)")
+    typeset.add_argument("--title", required=True, help="the book's title, exactly as it must appear")
+    typeset.add_argument("--author", help="the author line (optional)")
+    typeset.add_argument("--genres", action="append", metavar="G1,G2",
+                         help="the book's genres, comma-separated (repeatable): they choose the face")  # fmt: skip
+    typeset.add_argument("--font", help="serif, sans, display, or a font file (default: by genre)")
+    typeset.add_argument("-o", "--out", type=Path, required=True, help="the finished cover (PNG, JPEG...)")
+    typeset.add_argument("--verify", action="store_true", help="read the text back with OCR and report it")
+    typeset.add_argument("--ocr-engine", default="auto", help="OCR engine for --verify (default auto)")
+    typeset.set_defaults(func=cmd_typeset)
 
     demo = commands.add_parser(
         "demo",
