@@ -189,6 +189,19 @@ class InferConfig:
     precision: Literal["auto", "fp16", "bf16", "fp32"] = doc("Sampling dtype; auto = fp16 on GPU, fp32 on CPU.", "auto")
     compile: bool = doc("torch.compile the UNet (pays off over many images on a GPU).", False)
     vae_tiling: bool = doc("Decode with VAE tiling (less memory at large sizes).", False)
+    typeset: bool = doc(
+        "Finished covers: generate the art without lettering, then typeset the exact title and author over "
+        "it (images/), keeping the raw art (art/).",
+        False,
+    )
+    typeset_negative: str = doc(
+        "Added to negative_prompt when typeset is on (empty = nothing added).",
+        "text, letters, words, title, typography, lettering, watermark, signature, logo",
+    )
+    typeset_font: str | None = doc(
+        "Font for typeset covers: serif, sans, display or a font file; empty = by genre.", None
+    )
+    typeset_verify: bool = doc("Read every typeset title back by OCR and record its similarity.", True)
 
 
 @dataclass(frozen=True, kw_only=True)

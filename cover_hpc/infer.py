@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from cover_hpc import atomic, env, locks, preemption
-from cover_hpc.config import ExperimentSpec
+from cover_hpc.config import ExperimentSpec, InferConfig
 from cover_hpc.paths import InferencePaths, RunPaths
 from cover_hpc.prompts import Book, book_caption, read_books
 from cover_hpc.sampling import load_generator
@@ -63,7 +65,9 @@ def done_books(manifest: Path, images: Path) -> dict[str, dict[str, Any]]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a kill mid-write: its book is generated again
-        if (images.parent / record["image"]).is_file():
+        # done: its cover is on disk, or (typeset) its art is and the title could not be set on it
+        kept = record.get("image") or record.get("art")
+        if isinstance(kept, str) and (images.parent / kept).is_file():
             done[record["book_id"]] = record
     return done
 
@@ -102,28 +106,38 @@ def _infer_shard(spec: ExperimentSpec, paths: RunPaths, out: InferencePaths, sha
     if done:  # rewrite the manifest without lines whose image was lost
         atomic.write_text(manifest, "".join(json.dumps(r) + "\n" for r in done.values()))
     seconds = 0.0
+    finisher = Finisher(config, out) if config.typeset else None
+    if finisher is not None:  # art kept by a start that stopped before typesetting it: typeset only
+        drawn = [book for book in todo if (out.art / image_name(book)).is_file()]
+        for book in drawn:
+            preemption.check()
+            with Image.open(out.art / image_name(book)) as art:
+                art.load()
+                _append(manifest, _record(book, config, 0.0) | finisher.finish(book, art))
+        todo = [book for book in todo if book not in drawn]
     if todo:
         generator = load_generator(
             spec.model, paths.train, spec.data.max_caption_tokens, config.precision, config.scheduler,
             config.compile, config.vae_tiling,
         )  # fmt: skip
+        negative = negative_prompt(config)
         for start in range(0, len(todo), config.batch_size):
             preemption.check()  # a stop request ends the shard between batches; finished covers are kept
             batch = todo[start : start + config.batch_size]
             prompts = [book_caption(b) for b in batch]
             seeds = [book_seed(config.seed, b.book_id) for b in batch]
-            images, spent = generator.generate(
-                prompts, seeds, config.steps, config.guidance, config.size, config.negative_prompt
-            )
+            images, spent = generator.generate(prompts, seeds, config.steps, config.guidance, config.size, negative)
             seconds += spent
-            with manifest.open("a") as handle:
-                for book, prompt, seed, image in zip(batch, prompts, seeds, images, strict=True):
+            for book, image in zip(batch, images, strict=True):
+                record = _record(book, config, spent / len(batch))
+                if finisher is None:
                     target = out.images / image_name(book)
                     atomic.save_image(image, target)
-                    record = {"book_id": book.book_id, "prompt": prompt, "seed": seed,
-                              "image": f"images/{target.name}", "seconds": spent / len(batch)}  # fmt: skip
-                    handle.write(json.dumps(record) + "\n")
-                    handle.flush()
+                    record["image"] = f"images/{target.name}"
+                else:
+                    atomic.save_image(image, out.art / image_name(book))
+                    record |= finisher.finish(book, image)
+                _append(manifest, record)
     job = env.slurm_job()
     result = ShardResult(
         shard, config.shards, len(mine), len(todo), len(mine) - len(todo), seconds, books_file.problems,
@@ -132,6 +146,57 @@ def _infer_shard(spec: ExperimentSpec, paths: RunPaths, out: InferencePaths, sha
     atomic.write_json(out.shard_done(shard), result.__dict__)
     merge_manifests(out, books_file.books, config.shards)
     return result
+
+
+def negative_prompt(config: InferConfig) -> str:
+    """The spec's negative prompt, plus the one against lettering when covers are typeset."""
+    extra = config.typeset_negative if config.typeset else ""
+    return ", ".join(part for part in (config.negative_prompt.strip(), extra.strip()) if part)
+
+
+def _record(book: Book, config: InferConfig, seconds: float) -> dict[str, Any]:
+    return {"book_id": book.book_id, "prompt": book_caption(book), "seed": book_seed(config.seed, book.book_id),
+            "seconds": seconds}  # fmt: skip
+
+
+def _append(manifest: Path, record: dict[str, Any]) -> None:
+    """One manifest line, flushed: a book counts as done only once its line is whole."""
+    with manifest.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+
+
+class Finisher:
+    """Typesets the exact title and author over generated art (infer.typeset), reads the title back
+    by OCR (infer.typeset_verify) and records the layout; see cover_hpc.typeset."""
+
+    def __init__(self, config: InferConfig, out: InferencePaths) -> None:
+        from cover_hpc import ocr
+
+        self.config = config
+        self.out = out
+        out.art.mkdir(parents=True, exist_ok=True)
+        self.reader = ocr.load_ocr("auto") if config.typeset_verify else None
+
+    def finish(self, book: Book, art: Any) -> dict[str, Any]:
+        """Manifest fields of one book: its art, and its finished cover with the layout, or the error."""
+        from cover_hpc import typeset
+
+        name = image_name(book)
+        fields: dict[str, Any] = {"art": f"art/{name}"}
+        title = book.title or book.book_id
+        try:
+            result = typeset.typeset(art, title, author=book.author or None, genres=book.genres,
+                                     font=self.config.typeset_font)  # fmt: skip
+        except typeset.TypesetError as error:  # reported, and no cover written for this book
+            log.warning("book %r: no finished cover: %s", book.book_id, error)
+            return fields | {"image": None, "error": str(error)}
+        atomic.save_image(result.image, self.out.images / name)
+        fields |= {"image": f"images/{name}", "layout": result.layout.to_dict(),
+                   "contrast": round(result.layout.contrast, 3)}  # fmt: skip
+        if self.reader is not None:
+            fields["ocr"] = typeset.read_back(result, self.reader)
+        return fields
 
 
 def merge_manifests(out: InferencePaths, books: list[Book], shards: int) -> Path | None:

@@ -134,6 +134,11 @@ class InferencePaths:
     def images(self) -> Path:
         return self.root / "images"
 
+    @property
+    def art(self) -> Path:
+        """The raw generated art of typeset covers (infer.typeset)."""
+        return self.root / "art"
+
     def manifest(self, shard: int | None = None) -> Path:
         return self.root / ("manifest.jsonl" if shard is None else f"manifest-{shard}.jsonl")
 

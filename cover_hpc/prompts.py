@@ -35,6 +35,7 @@ class Book:
     genres: tuple[str, ...] = ()
     description: str = ""
     prompt: str | None = None  # a raw prompt used as given instead of the template
+    author: str = ""  # typeset on finished covers; not part of the caption template
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Book:
@@ -60,6 +61,7 @@ class Book:
             genres=tuple(genres),
             description=str(data.get("description") or ""),
             prompt=str(prompt) if prompt is not None else None,
+            author=str(data.get("author") or ""),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -72,6 +74,8 @@ class Book:
         }
         if self.prompt is not None:
             data["prompt"] = self.prompt
+        if self.author:
+            data["author"] = self.author
         return data
 
 

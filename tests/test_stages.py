@@ -273,3 +273,41 @@ def test_a_stop_request_ends_inference_between_batches_and_a_held_shard_is_refus
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_typeset_inference_writes_art_and_finished_covers_read_back_by_ocr(
+    trained: tuple[ExperimentSpec, RunPaths], tmp_path: Path
+) -> None:
+    """infer.typeset: art generated against lettering, the exact title and author set over it, every
+    title read back by OCR; a title that cannot be set is reported and gets no cover, and a re-run
+    regenerates nothing."""
+    from PIL import Image
+
+    from cover_hpc.infer import negative_prompt
+
+    spec, paths = trained
+    books = tmp_path / "typeset-books.jsonl"
+    rows = [{"id": "t1", "title": "The Quiet Harbour", "author": "Ana Núñez", "genres": ["literary"]},
+            {"id": "t2", "title": "Star Forge 2049", "genres": ["science fiction"]},
+            {"id": "t3", "title": "Glyph \U00013000 Missing", "genres": ["fantasy"]}]  # fmt: skip
+    books.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = dataclasses.replace(spec.infer, books_file=str(books), shards=1, size=(768, 576), steps=2, typeset=True,
+                                 negative_prompt="blurry")  # fmt: skip
+    new = dataclasses.replace(spec, infer=config)
+    assert negative_prompt(config).startswith("blurry, text, letters")
+    result = infer_shard(new, paths, 0)
+    assert result.generated == 3
+    out = paths.inference(inference_key(new))
+    records = {r["book_id"]: r for r in map(json.loads, out.manifest().read_text().splitlines())}
+    for book_id in ("t1", "t2"):
+        record = records[book_id]
+        finished, art = Image.open(out.root / record["image"]), Image.open(out.root / record["art"])
+        assert finished.size == art.size == (576, 768) and finished.tobytes() != art.tobytes()
+        assert record["contrast"] >= 4.5 and record["layout"]["title"]["text"]
+        assert record["ocr"]["title"]["similarity"] >= 0.8, record["ocr"]
+    assert records["t1"]["layout"]["author"]["text"] == "Ana Núñez"
+    missing = records["t3"]
+    assert missing["image"] is None and "U+13000" in missing["error"] and (out.root / missing["art"]).is_file()
+    assert not (out.images / Path(missing["art"]).name).exists()
+    again = infer_shard(new, paths, 0)
+    assert (again.generated, again.skipped) == (0, 3)
