@@ -188,7 +188,7 @@ def test_time_limits_in_validation_and_inference_requeue_and_resume(
     # resumed, not restarted: the last start generated only what was missing
     assert 0 < shard["generated"] < shard["books"] and shard["skipped"] == shard["books"] - shard["generated"]
     logs = cli("logs", str(exp), row["run_id"], "--stage", "validate").stdout
-    assert "stopped by USR2" in logs and "requeueing" in logs
+    assert "stopped by SIGUSR2" in logs and "requeueing" in logs
     assert len(list((run / "validate").glob("*/images/*.png"))) == validation["num_prompts"] == 3  # all the test set
 
 
