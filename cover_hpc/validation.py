@@ -114,9 +114,10 @@ def _size_problems(key: str, size: tuple[int, int]) -> list[Problem]:
 
 
 def count_books(path: Path) -> int:
-    """Non-blank lines of a books JSONL file."""
-    with path.open(encoding="utf-8") as handle:
-        return sum(1 for line in handle if line.strip())
+    """Non-blank lines of a books JSONL file, counted on bytes: a line that is not UTF-8 is reported
+    (file and line) and skipped by cover_hpc.prompts.read_books, not refused here without either."""
+    with path.open("rb") as handle:
+        return sum(1 for line in handle if line.strip().removeprefix(b"\xef\xbb\xbf").strip())
 
 
 def value_problems(spec: ExperimentSpec) -> list[Problem]:

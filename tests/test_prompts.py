@@ -97,3 +97,18 @@ def test_image_name_is_a_readable_prefix_and_a_hash_of_the_id() -> None:
 
     assert image_name(Book(book_id="a/b", title="t")) == f"a_b-{hashlib.sha256(b'a/b').hexdigest()[:10]}.png"
     assert image_name(Book(book_id="y" * 300, title="t")).startswith("y" * 80 + "-")
+
+
+def test_a_spec_naming_a_books_file_with_a_non_utf8_line_loads(tmp_path: Path) -> None:
+    """The shard check counts lines on bytes; the bad line is reported by read_books, with its number."""
+    from cover_hpc.config import load_spec
+    from cover_hpc.prompts import read_books
+
+    books = tmp_path / "books.jsonl"
+    books.write_bytes(
+        b'\xef\xbb\xbf{"id": "a", "title": "One"}\n{"id": "b", "title": "caf\xe9"}\n{"id": "c", "title": "T"}\n'
+    )
+    spec = load_spec(None, [f"infer.books_file={books}", "infer.shards=3"])
+    assert spec.infer.shards == 3
+    parsed = read_books(books)
+    assert [b.book_id for b in parsed.books] == ["a", "c"] and any(":2:" in p for p in parsed.problems)
