@@ -9,17 +9,25 @@ Two backends, each from a local folder or a hub id:
 torchmetrics' own ``CLIPScore`` is not used: version 1.9 fails with transformers 5. Captions are
 cut at the metric's 77-token window; :meth:`tokens` reports how many tokens each caption has, so
 a report can say how much of a long caption the metric saw.
+
+:meth:`image_embeddings` returns the same model's image features (before normalisation), in
+batches, for :func:`cover_hpc.cmmd.cmmd`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 WINDOW = 77
+#: Images per forward pass in :meth:`image_embeddings` (bounds memory at any set size).
+EMBED_BATCH = 16
 
 
 class ClipScorer(Protocol):
@@ -28,6 +36,8 @@ class ClipScorer(Protocol):
     def scores(self, images: Sequence[Any], texts: Sequence[str]) -> list[float]: ...
 
     def tokens(self, texts: Sequence[str]) -> list[int]: ...
+
+    def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor: ...
 
 
 def _score(image_features: torch.Tensor, text_features: torch.Tensor) -> list[float]:
@@ -40,6 +50,18 @@ def _score(image_features: torch.Tensor, text_features: torch.Tensor) -> list[fl
 def _features(output: Any) -> torch.Tensor:
     """transformers 5 returns output objects from get_*_features; older versions returned tensors."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def _embed_in_batches(
+    images: Sequence[Image.Image], embed: Callable[[Sequence[Image.Image]], torch.Tensor]
+) -> torch.Tensor:
+    if len(images) == 0:
+        raise ValueError("image_embeddings needs at least one image")
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(images), EMBED_BATCH):
+            parts.append(embed(images[start : start + EMBED_BATCH]).float().cpu())
+    return torch.cat(parts)
 
 
 class TransformersClip:
@@ -65,6 +87,15 @@ class TransformersClip:
     def tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(ids) for ids in self.processor.tokenizer(list(texts), truncation=False, verbose=False).input_ids]
 
+    def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """CLIP image features, (len(images), projection dim), float32 on the CPU, not normalised."""
+
+        def embed(batch: Sequence[Image.Image]) -> torch.Tensor:
+            pixels = self.processor(images=list(batch), return_tensors="pt")["pixel_values"].to(self.device)
+            return _features(self.model.get_image_features(pixel_values=pixels))
+
+        return _embed_in_batches(images, embed)
+
 
 class OpenClip:
     def __init__(self, name: str, device: torch.device) -> None:
@@ -87,6 +118,15 @@ class OpenClip:
         from open_clip.tokenizer import _tokenizer
 
         return [len(_tokenizer.encode(text)) + 2 for text in texts]
+
+    def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """CLIP image features, (len(images), embedding dim), float32 on the CPU, not normalised."""
+
+        def embed(batch: Sequence[Image.Image]) -> torch.Tensor:
+            pixels = torch.stack([self.preprocess(image) for image in batch]).to(self.device)
+            return self.model.encode_image(pixels)
+
+        return _embed_in_batches(images, embed)
 
 
 def load_scorer(backend: str, name: str, device: torch.device) -> ClipScorer:
