@@ -212,13 +212,13 @@ def wait_for(experiment: Path) -> int:
     import time
 
     from cover_hpc.paths import ExperimentPaths
-    from cover_hpc.submit import ACTIVE_STATES, job_states, read_state, status
+    from cover_hpc.submit import ACTIVE_STATES, job_ids, job_states, read_state, status
 
     exp = ExperimentPaths(experiment)
     unknown_since: float | None = None
     while True:
         last = read_state(exp)["submissions"][-1]
-        ids = [j for jobs in last["runs"].values() for j in [jobs["train"], jobs["validate"], *jobs["infer"]] if j]
+        ids = [j for jobs in last["runs"].values() for j in job_ids(jobs)]
         ids += [last["report"]] if last.get("report") else []
         states = job_states(ids)
         if not any(states.get(j) in ACTIVE_STATES for j in ids):
@@ -295,9 +295,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, args.overrides)
     for run in select_runs(expand(spec), args.run):
-        result = validate(run.spec, prepare_run(spec, run))
-        print(f"{run.run_id}: CLIP {result['scores']['lora']['clip_score']:.3f} over {result['num_prompts']} prompts")
+        result = validate(run.spec, prepare_run(spec, run), args.task)
+        if result is None:
+            print(f"{run.run_id}: task {args.task} done; the last task to finish selects the best point")
+            continue
+        for point in result["points"]:
+            values = "  ".join(f"{k} {_format_metric(v)}" for k, v in point["metrics"].items())
+            print(f"{run.run_id} {point['kind']:8} step {point['step']:>6}: {values}")
+        best = result["best"]
+        print(f"{run.run_id}: best is step {best['step']} ({result['select_by']} {_format_metric(best['value'])}), "
+              f"copied to {best['folder']}")  # fmt: skip
     return 0
+
+
+def _format_metric(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -541,12 +553,16 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("experiment", type=Path, help="experiment folder")
     cancel.set_defaults(func=cmd_cancel)
 
-    validate = commands.add_parser("validate", help="generate and CLIP-score held-out covers for trained runs",
-                                   description="Validate trained runs: covers for held-out books, CLIP-scored "
-                                   "against the base model; writes <run>/validate/validation.json.")  # fmt: skip
+    validate = commands.add_parser(
+        "validate", help="score every snapshot of trained runs on held-out books and pick the best",
+        description="Validate trained runs: every LoRA point (base model, snapshots, final) scored on held-out "
+        "books (CLIP score, CMMD, OCR title legibility, held-out loss); the best by validate.select_by is copied "
+        "to <run>/best/. Writes <run>/validate/<key>/validation.json and selection.json.",
+    )  # fmt: skip
     validate.add_argument("spec", type=Path, help="experiment spec (YAML)")
     validate.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
     validate.add_argument("--run", action="append", metavar="RUN_ID", help="only this run (repeatable)")
+    validate.add_argument("--task", type=int, help="only this task's points (of validate.tasks; default: all)")
     validate.set_defaults(func=cmd_validate)
 
     infer = commands.add_parser("infer", help="generate covers for a books file with trained runs",

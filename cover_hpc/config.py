@@ -171,6 +171,22 @@ class ValidateConfig:
     clip_backend: Literal["transformers", "open_clip"] = doc("Library that runs the CLIP model.", "transformers")
     baseline: bool = doc("Also score the base model without the LoRA on the same prompts and seeds.", True)
     precision: Literal["auto", "fp16", "bf16", "fp32"] = doc("Sampling dtype; auto = fp16 on GPU, fp32 on CPU.", "auto")
+    every_steps: int | None = doc(
+        "Write a LoRA-only snapshot every N training steps (train/snapshots/), and validate each; empty = "
+        "only the final LoRA.",
+        None,
+    )
+    at_steps: tuple[int, ...] = doc("Further training steps that get a snapshot (with or without every_steps).", ())
+    select_by: str = doc(
+        "Metric that picks a run's best snapshot (copied to <run>/best/): clip_score, clip_score_short, "
+        "cmmd (lower is better), ocr_similarity, ocr_exact or heldout_loss (lower is better).",
+        "clip_score",
+    )
+    tasks: int = doc("SLURM array tasks that share a run's snapshots (one task validates every tasks-th point).", 1)
+    cmmd: bool = doc("Score CMMD against the real covers of data.test_dir (same CLIP model).", True)
+    ocr: bool = doc("Score title legibility: the book's title read back from each image by OCR.", True)
+    loss_images: int = doc("Held-out images (data.test_dir) of the denoising loss at fixed timesteps and noise.", 8)
+    loss_timesteps: tuple[int, ...] = doc("Timesteps of the held-out loss.", (100, 300, 500, 700, 900))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,6 +194,11 @@ class InferConfig:
     """Sharded batch inference over a books file."""
 
     books_file: str | None = doc("Books JSONL (id, title, publisher, genres, description or prompt).", None)
+    checkpoint: str = doc(
+        "The LoRA that makes the covers: best (validation's choice, see validate.select_by), final, or a "
+        "snapshot's step number.",
+        "best",
+    )
     shards: int = doc("Inference shards (array tasks) per run.", 1)
     steps: int = doc("Sampling steps per image.", 50)
     guidance: float = doc("Classifier-free guidance scale.", 5.0)

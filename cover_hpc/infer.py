@@ -23,6 +23,7 @@ from cover_hpc.config import ExperimentSpec, InferConfig
 from cover_hpc.paths import InferencePaths, RunPaths
 from cover_hpc.prompts import Book, book_caption, read_books
 from cover_hpc.sampling import load_generator
+from cover_hpc.snapshots import CheckpointError, Point, resolve_checkpoint
 from cover_hpc.validate import safe_name
 
 log = logging.getLogger(__name__)
@@ -115,9 +116,10 @@ def _infer_shard(spec: ExperimentSpec, paths: RunPaths, out: InferencePaths, sha
                 art.load()
                 _append(manifest, _record(book, config, 0.0) | finisher.finish(book, art))
         todo = [book for book in todo if book not in drawn]
+    point = checkpoint_of(spec, paths, out)
     if todo:
         generator = load_generator(
-            spec.model, paths.train, spec.data.max_caption_tokens, config.precision, config.scheduler,
+            spec.model, point.weights, spec.data.max_caption_tokens, config.precision, config.scheduler,
             config.compile, config.vae_tiling,
         )  # fmt: skip
         negative = negative_prompt(config)
@@ -129,7 +131,7 @@ def _infer_shard(spec: ExperimentSpec, paths: RunPaths, out: InferencePaths, sha
             images, spent = generator.generate(prompts, seeds, config.steps, config.guidance, config.size, negative)
             seconds += spent
             for book, image in zip(batch, images, strict=True):
-                record = _record(book, config, spent / len(batch))
+                record = _record(book, config, spent / len(batch)) | {"checkpoint_step": point.step}
                 if finisher is None:
                     target = out.images / image_name(book)
                     atomic.save_image(image, target)
@@ -146,6 +148,31 @@ def _infer_shard(spec: ExperimentSpec, paths: RunPaths, out: InferencePaths, sha
     atomic.write_json(out.shard_done(shard), result.__dict__)
     merge_manifests(out, books_file.books, config.shards)
     return result
+
+
+def checkpoint_of(spec: ExperimentSpec, paths: RunPaths, out: InferencePaths) -> Point:
+    """The LoRA that ``infer.checkpoint`` names, recorded in ``checkpoint.json`` by the first shard: a
+    folder's covers all come from one LoRA, and a later start that resolves another one stops."""
+    from cover_hpc.runs import validation_key
+
+    selection = paths.validation(validation_key(spec)).selection
+    point = resolve_checkpoint(paths, spec.infer.checkpoint, selection)
+    record = {"checkpoint": spec.infer.checkpoint, "step": point.step, "final": point.final,
+              "weights": str(point.weights)}  # fmt: skip
+    path = out.root / "checkpoint.json"
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if before.get("step") != point.step:
+            raise CheckpointError(
+                f"the covers in {out.root} were made with the LoRA of step {before.get('step')}, but "
+                f"infer.checkpoint={spec.infer.checkpoint} now names step {point.step}; move that folder away to "
+                f"make them again, or set infer.checkpoint={before.get('step')}"
+            )
+    else:
+        atomic.write_json(path, record)
+    log.info("inference of run %s with the LoRA of step %d (%s)", paths.root.name, point.step,
+             spec.infer.checkpoint)  # fmt: skip
+    return point
 
 
 def negative_prompt(config: InferConfig) -> str:

@@ -20,7 +20,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -44,9 +44,13 @@ def owner(path: Path, slot: int = 0) -> str:
 
 
 @contextlib.contextmanager
-def held(path: Path, what: str, slot: int = 0, wait_s: float = 0.0) -> Iterator[None]:
+def held(
+    path: Path, what: str, slot: int = 0, wait_s: float = 0.0, while_waiting: Callable[[], None] | None = None
+) -> Iterator[None]:
     """Hold byte ``slot`` of lock file ``path`` exclusively; raise :class:`Busy` naming the holder if
-    another process keeps it longer than ``wait_s`` seconds (saying once that it waits)."""
+    another process keeps it longer than ``wait_s`` seconds (saying once that it waits).
+    ``while_waiting`` is called between tries (e.g. :func:`cover_hpc.preemption.check`, so that a
+    job waiting for another one still stops when asked)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -63,6 +67,8 @@ def held(path: Path, what: str, slot: int = 0, wait_s: float = 0.0) -> Iterator[
                     print(f"cover-hpc: waiting up to {wait_s:.0f} s: {what} is held by {owner(path, slot)}",
                           file=sys.stderr, flush=True)  # fmt: skip
                     waiting = True
+                if while_waiting is not None:
+                    while_waiting()
                 time.sleep(0.2)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
                 "job": os.environ.get("SLURM_JOB_ID")}  # fmt: skip

@@ -4,7 +4,11 @@
     experiment.json                  the spec, the runs, job ids per stage, requeue counts
     <run_id>/config.json             the run's resolved config
     <run_id>/train/                  checkpoints/, LoRA weights, train_result.json, metrics.jsonl
-    <run_id>/validate/<key>/         images/, validation.json (key: prompts source + settings hash)
+    <run_id>/train/snapshots/step-N/ LoRA-only snapshots (validate.every_steps, at_steps), never pruned
+    <run_id>/validate/<key>/         points/<step-N|base>/ (images/, metrics.json), validation.json,
+                                     selection.json (key: prompts source + settings hash)
+    <run_id>/validate/selection.json the selection that made best/
+    <run_id>/best/                   the chosen LoRA (diffusers + kohya), model card README.md, samples/
     <run_id>/infer/<key>/            images/, manifest-<k>.jsonl, manifest.jsonl (key: books file + settings hash)
     report/                          index.html, summary.md, plots
 """
@@ -67,6 +71,24 @@ class RunPaths:
         return self.train / "tensorboard"
 
     @property
+    def snapshots(self) -> Path:
+        return self.train / "snapshots"
+
+    def snapshot(self, step: int) -> Path:
+        """The folder of the LoRA-only snapshot at ``step`` (diffusers format)."""
+        return self.snapshots / f"step-{step:08d}"
+
+    @property
+    def best(self) -> Path:
+        """The LoRA that validation chose, ready to upload (weights, kohya export, model card)."""
+        return self.root / "best"
+
+    @property
+    def selection(self) -> Path:
+        """The selection (every point's metrics, the choice) that made ``best/``."""
+        return self.validate / "selection.json"
+
+    @property
     def validate(self) -> Path:
         return self.root / "validate"
 
@@ -118,6 +140,19 @@ class ValidationPaths:
     @property
     def result(self) -> Path:
         return self.root / "validation.json"
+
+    @property
+    def selection(self) -> Path:
+        return self.root / "selection.json"
+
+    def point(self, name: str) -> Path:
+        """One point of the step axis: ``base`` or ``step-N`` (images/, metrics.json)."""
+        return self.root / "points" / name
+
+    @property
+    def real_embeddings(self) -> Path:
+        """CLIP embeddings of the real held-out covers (CMMD's reference set), computed once."""
+        return self.root / "real_embeddings.safetensors"
 
     @property
     def lock(self) -> Path:

@@ -59,7 +59,9 @@ def inference_key(spec: ExperimentSpec) -> str:
         raise ValueError(
             "infer.books_file is not set; give a JSONL of books (id, title, publisher, genres, description)"
         )
-    settings = {"infer": to_dict(spec.infer), "max_caption_tokens": spec.data.max_caption_tokens}
+    settings: dict[str, Any] = {"infer": to_dict(spec.infer), "max_caption_tokens": spec.data.max_caption_tokens}
+    if spec.infer.checkpoint.strip().lower() == "best":  # which LoRA is best depends on how validation scores
+        settings["validation"] = validation_key(spec)
     return _key(Path(spec.infer.books_file).stem, settings)
 
 

@@ -119,7 +119,9 @@ class StageTask:
         preemption.install()
         os.chdir(self.workdir)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        what = f"{self.stage} of {Path(self.target).name}" + (f" shard {self.shard}" if self.stage == "infer" else "")
+        what = f"{self.stage} of {Path(self.target).name}" + (
+            {"infer": f" shard {self.shard}", "validate": f" task {self.shard}"}.get(self.stage, "")
+        )
         try:
             return self._run()
         except preemption.Stopped:
@@ -136,7 +138,8 @@ class StageTask:
             from cover_hpc.validate import validate_run
 
             with recorded_failure(RunPaths(Path(self.target)), "validate"):
-                return validate_run(Path(self.target), spec)["scores"]
+                result = validate_run(Path(self.target), spec, self.shard)
+                return {"task": self.shard, "best": result["best"] if result else None}
         if self.stage == "infer":
             from cover_hpc.infer import infer_run
 
@@ -243,8 +246,15 @@ def local_parameters(slurm: SlurmConfig, stage: str) -> dict[str, Any]:
 @dataclass
 class RunJobs:
     train: str | None = None
-    validate: str | None = None
+    validate: list[str] = field(default_factory=list)  # one per validation task (validate.tasks)
     infer: list[str] = field(default_factory=list)
+
+
+def stage_ids(value: Any) -> list[str]:
+    """A stage's job ids as recorded: a list, or (validation, before it became an array) one id or none."""
+    if not value:
+        return []
+    return [str(value)] if isinstance(value, str) else [str(v) for v in value if v]
 
 
 @dataclass
@@ -332,7 +342,7 @@ def job_states(job_ids: Sequence[str]) -> dict[str, str]:
 
 
 def job_ids(jobs: dict[str, Any]) -> list[str]:
-    return [j for j in [jobs["train"], jobs["validate"], *jobs["infer"]] if j]
+    return [j for j in [jobs["train"], *stage_ids(jobs["validate"]), *jobs["infer"]] if j]
 
 
 def latest_jobs(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -352,11 +362,12 @@ def active_jobs(exp: ExperimentPaths) -> dict[str, dict[str, str]]:
     states = job_states([j for jobs in latest.values() for j in job_ids(jobs)])
     active: dict[str, dict[str, str]] = {}
     for run_id, jobs in latest.items():
-        for stage, job in (("train", jobs["train"]), ("validate", jobs["validate"])):
-            if job and states.get(job) in ACTIVE_STATES:
-                active.setdefault(run_id, {})[stage] = job
-        if any(states.get(j) in ACTIVE_STATES for j in jobs["infer"]):
-            active.setdefault(run_id, {})["infer"] = jobs["infer"][0].split("_")[0]
+        if jobs["train"] and states.get(jobs["train"]) in ACTIVE_STATES:
+            active.setdefault(run_id, {})["train"] = jobs["train"]
+        for stage in ("validate", "infer"):
+            ids = stage_ids(jobs[stage])
+            if any(states.get(j) in ACTIVE_STATES for j in ids):
+                active.setdefault(run_id, {})[stage] = ids[0].split("_")[0]
     return active
 
 
@@ -469,7 +480,8 @@ class Plan:
             return [TrainTask(run_dir, self.workdir, requeues)]
         config = to_dict(run.spec)
         if stage == "validate":
-            return [StageTask("validate", run_dir, self.workdir, 0, config, requeues)]
+            return [StageTask("validate", run_dir, self.workdir, k, config, requeues)
+                    for k in range(run.spec.validate.tasks)]  # fmt: skip
         return [StageTask("infer", run_dir, self.workdir, k, config, requeues) for k in range(run.spec.infer.shards)]
 
 
@@ -506,8 +518,9 @@ def _run_slurm(plan: Plan) -> Submission:
                 executor.update_parameters(**params)
                 stage_jobs = _submit(executor, plan.tasks(stage, run))
                 submitted += [j.job_id for j in stage_jobs]
-                if stage == "validate":
-                    entry.validate = previous = stage_jobs[0].job_id
+                if stage == "validate":  # inference waits for every task: the array's id, not a task's
+                    entry.validate = [j.job_id for j in stage_jobs]
+                    previous = stage_jobs[0].job_id.split("_")[0]
                 else:
                     entry.infer = [j.job_id for j in stage_jobs]
         report = None
@@ -555,12 +568,14 @@ def _run_local(plan: Plan, kind: str) -> Submission:
                 job = executor.submit(task)
                 (ok,) = _wait([job])
                 entry = jobs[run.run_id]
-                if stage == "infer":
-                    entry.infer.append(str(job.job_id))
+                if stage == "train":
+                    entry.train = str(job.job_id)
                 else:
-                    setattr(entry, stage, str(job.job_id))
+                    getattr(entry, stage).append(str(job.job_id))
                 ready[run.run_id] = ready[run.run_id] and ok
                 label = f"{stage} shard {task.shard}" if stage == "infer" else stage
+                if stage == "validate" and run.spec.validate.tasks > 1:
+                    label = f"validate task {task.shard}"
                 print(f"[{run.run_id}] {label} {'done' if ok else 'FAILED'} ({time.perf_counter() - started:.0f} s)",
                       flush=True)  # fmt: skip
     from cover_hpc.report import build_report
@@ -677,7 +692,7 @@ def status(experiment_dir: Path) -> list[dict[str, Any]]:
     for entry in state["runs"]:
         run_id = entry["run_id"]
         paths = exp.run(run_id)
-        jobs = latest.get(run_id, {"train": None, "validate": None, "infer": []})
+        jobs = latest.get(run_id, {"train": None, "validate": [], "infer": []})
         train_result = json.loads(paths.train_result.read_text()) if paths.train_result.is_file() else None
         spec = specs.get(run_id)
         validation_dir = validation_paths(paths, spec) if spec else paths.latest_validation()
@@ -689,19 +704,25 @@ def status(experiment_dir: Path) -> list[dict[str, Any]]:
         infer_done = bool(manifest and manifest.is_file())
         infer_states = ",".join(sorted({slurm_states.get(j, "") for j in jobs["infer"]} - {""})).lower()
         train_state = _stage_state(paths, slurm_states, "train", train_result is not None, jobs["train"])
-        validate_state = _stage_state(paths, slurm_states, "validate", validation is not None, jobs["validate"])
+        validate_ids = stage_ids(jobs["validate"])
+        validate_state = _stage_state(paths, slurm_states, "validate", validation is not None, None)
+        if validate_state == "not submitted" and validate_ids:
+            validate_state = ",".join(sorted({slurm_states.get(j, "unknown") for j in validate_ids})).lower()
+        best = (validation or {}).get("best")
         rows.append({
             "run_id": run_id,
             "swept": entry["swept"],
             "stages": {
                 "train": {"state": train_state, "job": jobs["train"]},
-                "validate": {"state": validate_state, "job": jobs["validate"]},
+                "validate": {"state": validate_state, "jobs": validate_ids},
                 "infer": {"state": "done" if infer_done else (infer_states or "not submitted"), "jobs": jobs["infer"]},
             },
             "step": (train_result or {}).get("steps", step),
             "total_steps": (train_result or {}).get("total_steps"),
             "last_loss": loss,
             "clip_score": validation["scores"]["lora"]["clip_score"] if validation else None,
+            "best": {"step": best["step"], "kind": best["kind"], "metric": validation["select_by"],
+                     "value": best["value"]} if best and validation else None,
             "requeues": (train_result or {}).get("requeues", count_requeues(paths)),
             "lora": str(paths.lora_weights) if paths.lora_weights.is_file() else None,
             "validation": str(result_file) if validation else None,
@@ -713,17 +734,23 @@ def status(experiment_dir: Path) -> list[dict[str, Any]]:
 
 def render_status(rows: Sequence[dict[str, Any]]) -> str:
     keys = sorted({k for r in rows for k in r["swept"]})
-    header = ["run_id", *keys, "train", "validate", "infer", "step", "loss", "CLIP", "requeues"]
+    header = ["run_id", *keys, "train", "validate", "infer", "step", "loss", "CLIP", "best", "requeues"]
     table = [header]
     for r in rows:
         loss = "" if r["last_loss"] is None else f"{r['last_loss']:.4f}"
         clip = "" if r["clip_score"] is None else f"{r['clip_score']:.2f}"
         step = f"{r['step'] or 0}/{r['total_steps'] or '?'}"
+        best = r.get("best")
+        chosen = f"step {best['step']}: {best['metric']} {_number(best['value'])}" if best else ""
         table.append([r["run_id"], *(str(r["swept"].get(k, "")) for k in keys), r["stages"]["train"]["state"],
-                      r["stages"]["validate"]["state"], r["stages"]["infer"]["state"], step, loss, clip,
+                      r["stages"]["validate"]["state"], r["stages"]["infer"]["state"], step, loss, clip, chosen,
                       str(r["requeues"])])  # fmt: skip
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table)
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def log_files(experiment_dir: Path, run_id: str, stage: str) -> list[Path]:
@@ -733,7 +760,7 @@ def log_files(experiment_dir: Path, run_id: str, stage: str) -> list[Path]:
         jobs = submission["runs"].get(run_id)
         if not jobs:
             continue
-        ids = jobs["infer"] if stage == "infer" else [jobs[stage]]
+        ids = [jobs["train"]] if stage == "train" else stage_ids(jobs[stage])
         found = [p for job in ids if job for p in sorted(exp.logs.glob(f"*/{job}_*_log.*"))]
         if found:
             return found

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cover_hpc import atomic, checkpoint, env, locks, preemption
+from cover_hpc import atomic, checkpoint, env, locks, preemption, snapshots
 from cover_hpc.cache import DiskCache, file_key, latent_cache, module_hash, text_cache, text_key
 from cover_hpc.config import ExperimentSpec, to_dict
 from cover_hpc.data import DataError, EpochBatchSampler, Sample, load_pixels, report_bad, scan
@@ -569,6 +569,9 @@ def run_loop(
     generator = torch.Generator(device=device)
     trainable = [p for p in setup.model.parameters() if p.requires_grad]
     status = "finished" if step >= setup.total_steps else ""
+    snapshot_at = set(snapshots.snapshot_steps(spec.validate, setup.total_steps))
+    if setup.dist.is_main:
+        snapshots.clear_staging(setup.paths)
     started = time.perf_counter()
     step_started = started
     accumulated = torch.zeros((), device=device)
@@ -616,6 +619,8 @@ def run_loop(
                 step, epoch + end_of_epoch, 0 if end_of_epoch else position, setup.dist.world_size, progress.starts,
                 loss_sum, elapsed + now - started,
             )  # fmt: skip
+            if step in snapshot_at and setup.dist.is_main:  # before the checkpoint: a resume never skips it
+                snapshots.write_snapshot(setup.paths, step, adapted_parts(setup))
             if step >= setup.total_steps:
                 status = "finished"
             elif flags[1] > 0:
@@ -634,10 +639,15 @@ def run_loop(
     return final, status, last_loss
 
 
+def adapted_parts(setup: Setup) -> dict[str, Any]:
+    """The trained models by part name (unet, text_encoder, text_encoder_2), unwrapped."""
+    bundle = setup.accelerator.unwrap_model(setup.model)
+    return {p: getattr(bundle, p) for p in PARTS if p in setup.adapted}
+
+
 def export_weights(setup: Setup) -> tuple[Path, Path]:
     """Rank 0: the LoRA in diffusers format (checked key by key) and the kohya export."""
-    bundle = setup.accelerator.unwrap_model(setup.model)
-    parts = {p: getattr(bundle, p) for p in PARTS if p in setup.adapted}
+    parts = adapted_parts(setup)
     weights = save_lora(setup.paths.train, parts)
     from safetensors import safe_open
 

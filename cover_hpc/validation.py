@@ -19,6 +19,7 @@ from cover_hpc.config import (
     ExperimentSpec,
     Problem,
 )
+from cover_hpc.selection import METRICS
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: `$` also matches before a \n
 #: Keys a sweep may not vary: they name the experiment or the sweep itself.
@@ -72,6 +73,17 @@ def _rules(spec: ExperimentSpec) -> list[Rule]:
         ("validate.steps", *positive),
         ("validate.guidance", *non_negative),
         ("validate.batch_size", *positive),
+        ("validate.every_steps", *optional_positive),
+        ("validate.at_steps", lambda v: all(s >= 1 for s in v), "every step must be 1 or more"),
+        ("validate.select_by", lambda v: v in METRICS, f"must be one of {', '.join(METRICS)}"),
+        ("validate.tasks", *positive),
+        ("validate.loss_images", *non_negative),
+        (
+            "validate.loss_timesteps",
+            lambda v: len(v) > 0 and all(0 <= t < 1000 for t in v),
+            "must list timesteps in 0..999 (the scheduler's training range)",
+        ),
+        ("infer.checkpoint", _is_checkpoint, "must be best, final or a step number (1 or more)"),
         ("infer.shards", *positive),
         ("infer.steps", *positive),
         ("infer.guidance", *non_negative),
@@ -90,6 +102,16 @@ def _rules(spec: ExperimentSpec) -> list[Rule]:
         if part in spec.lora.parts:
             rules.append((f"lora.{part}_targets", lambda v: len(v) > 0, f"must list modules ({part} is trained)"))
     return rules
+
+
+def _is_checkpoint(value: str) -> bool:
+    from cover_hpc.snapshots import parse_checkpoint
+
+    try:
+        parse_checkpoint(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _get(spec: Any, dotted: str) -> Any:
@@ -150,6 +172,13 @@ def value_problems(spec: ExperimentSpec) -> list[Problem]:
                 f"({slurm.gpus_per_node}): leave it empty.",
             )
         )
+    validate = spec.validate
+    needs = {"cmmd": (validate.cmmd, "validate.cmmd: true"), "ocr_similarity": (validate.ocr, "validate.ocr: true"),
+             "ocr_exact": (validate.ocr, "validate.ocr: true"),
+             "heldout_loss": (validate.loss_images > 0, "validate.loss_images of 1 or more")}  # fmt: skip
+    if validate.select_by in needs and not needs[validate.select_by][0]:
+        problems.append(Problem("validate.select_by", f"got {validate.select_by!r}, a metric that is switched off; "
+                                f"set {needs[validate.select_by][1]} or choose another metric."))  # fmt: skip
     books = spec.infer.books_file
     if books and Path(books).is_file():
         count = count_books(Path(books))

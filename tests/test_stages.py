@@ -46,7 +46,8 @@ def trained(
         "lora": {"rank": 4, "alpha": 4},
         "optim": {"lr_unet": 1e-2, "lr_text_encoder": 1e-2, "lr_text_encoder_2": 1e-2, "warmup_steps": 1},
         "train": {"batch_size": 4, "max_steps": 8, "mixed_precision": "no", "checkpoint_every": 8},
-        "validate": {"num_prompts": 3, "steps": 4, "batch_size": 2, "clip_model": str(clip)},
+        "validate": {"num_prompts": 3, "steps": 4, "batch_size": 2, "clip_model": str(clip), "every_steps": 4,
+                     "loss_images": 3},
         "infer": {"books_file": str(demo_data_dir / "books.jsonl"), "shards": 3, "steps": 3, "size": [64, 64],
                   "batch_size": 2},
     }))  # fmt: skip
@@ -65,14 +66,18 @@ def image_bytes(folder: Path) -> dict[str, bytes]:
 def test_validation_is_deterministic_and_scores_both_models(trained: tuple[ExperimentSpec, RunPaths]) -> None:
     spec, paths = trained
     first = validate(spec, paths)
+    assert first is not None
     out = paths.validation(validation_key(spec))
-    images = image_bytes(out.images)
+    final = out.point(f"step-{8:08d}")
+    images = image_bytes(final / "images")
     assert len(images) == 3 and first["num_prompts"] == 3
-    shutil.rmtree(out.images)
+    shutil.rmtree(final / "images")
+    (final / "metrics.json").unlink()
     out.result.unlink()
     second = validate(spec, paths)
-    assert image_bytes(out.images) == images  # a seed per prompt: same images again
-    assert second["scores"] == first["scores"]
+    assert second is not None
+    assert image_bytes(final / "images") == images  # a seed per prompt: same images again
+    assert second["scores"] == first["scores"] and second["points"] == first["points"]
     lora, base = first["scores"]["lora"], first["scores"]["base"]
     assert lora["clip_score"] > 0 and base["clip_score"] > 0
     assert lora["clip_score"] != base["clip_score"]  # the LoRA changes the score
@@ -92,6 +97,7 @@ def test_text_encoder_adapters_are_used_in_validation(trained: tuple[ExperimentS
     only_text = RunPaths(paths.root.parent / "text-only")
     only_text.train.mkdir(parents=True)
     save_file(tensors, str(only_text.lora_weights), metadata=metadata)
+    only_text.train_result.write_text(json.dumps({"steps": 8}))
     lora_gen = load_generator(spec.model, only_text.train, spec.data.max_caption_tokens)
     base_gen = load_generator(spec.model, None, spec.data.max_caption_tokens)
     prompts = ['Book Cover - This book title is "dune". ' + "sand " * 90]
@@ -99,8 +105,9 @@ def test_text_encoder_adapters_are_used_in_validation(trained: tuple[ExperimentS
     base_embeds, _ = base_gen.encode(prompts)
     assert not torch.allclose(lora_embeds, base_embeds)  # every chunk goes through the adapted encoders
     result = validate(spec, only_text)
+    assert result is not None
     base = image_bytes(Path(result["baseline_images"]))
-    assert image_bytes(only_text.validation(validation_key(spec)).images) != base
+    assert image_bytes(only_text.validation(validation_key(spec)).point(f"step-{8:08d}") / "images") != base
 
 
 def test_open_clip_backend_scores_from_a_local_folder(tmp_path: Path, demo_data_dir: Path) -> None:

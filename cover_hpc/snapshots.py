@@ -1,0 +1,162 @@
+"""Snapshots of a run's LoRA along training, and which of them a stage uses.
+
+Training writes a LoRA-only snapshot (the diffusers file, no optimizer state) at the steps that
+``validate.every_steps`` and ``validate.at_steps`` name, into ``<run>/train/snapshots/step-N/``.
+Snapshots are written once, atomically (a staging folder renamed into place), and never pruned:
+the resumable checkpoints are. The final LoRA (``train/pytorch_lora_weights.safetensors``) is the
+point at the run's last step, and the base model is the point at step 0.
+
+Validation scores every point and picks one by ``validate.select_by``
+(:mod:`cover_hpc.selection`); batch inference takes ``infer.checkpoint``: ``best``, ``final`` or
+a step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cover_hpc.config import ValidateConfig
+from cover_hpc.paths import LORA_WEIGHTS, RunPaths
+
+
+def snapshot_steps(config: ValidateConfig, total_steps: int) -> list[int]:
+    """Steps strictly inside ``(0, total_steps)`` that get a snapshot; the last step is the final LoRA."""
+    steps = set(config.at_steps)
+    if config.every_steps:
+        steps.update(range(config.every_steps, total_steps, config.every_steps))
+    return sorted(s for s in steps if 0 < s < total_steps)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_snapshot(paths: RunPaths, step: int, parts: dict[str, Any]) -> Path:
+    """Write the LoRA of ``parts`` as the snapshot at ``step`` (once: an existing one is the same
+    weights, since a resumed run retraces the same steps bit for bit); returns its weights file."""
+    from cover_hpc.lora import save_lora
+
+    target = paths.snapshot(step)
+    if (target / LORA_WEIGHTS).is_file():
+        return target / LORA_WEIGHTS
+    paths.snapshots.mkdir(parents=True, exist_ok=True)
+    staging = paths.snapshots / f".tmp-{target.name}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    weights = save_lora(staging, parts)
+    _fsync(weights)
+    _fsync(staging)
+    try:
+        os.rename(staging, target)
+    except OSError:  # a folder left by an interrupted rename of an older version: replace it
+        if (target / LORA_WEIGHTS).is_file():
+            shutil.rmtree(staging, ignore_errors=True)
+            return target / LORA_WEIGHTS
+        shutil.rmtree(target, ignore_errors=True)
+        os.rename(staging, target)
+    _fsync(paths.snapshots)
+    return target / LORA_WEIGHTS
+
+
+def clear_staging(paths: RunPaths) -> None:
+    """Remove snapshot staging folders left by a start that was killed while writing one."""
+    if paths.snapshots.is_dir():
+        for leftover in paths.snapshots.glob(".tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One LoRA on a run's step axis: a snapshot, or the final LoRA (``final``) at the last step."""
+
+    step: int
+    weights: Path
+    final: bool
+
+    @property
+    def name(self) -> str:
+        return f"step-{self.step:08d}"
+
+
+def total_steps(paths: RunPaths) -> int | None:
+    """The last step of a finished training (from ``train_result.json``), else None."""
+    try:
+        return int(json.loads(paths.train_result.read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def lora_points(paths: RunPaths) -> list[Point]:
+    """The run's snapshots on disk and, once training finished, its final LoRA, by step."""
+    points = []
+    if paths.snapshots.is_dir():
+        for folder in sorted(paths.snapshots.glob("step-*")):
+            with contextlib.suppress(ValueError):
+                step = int(folder.name.removeprefix("step-"))
+                if (folder / LORA_WEIGHTS).is_file():
+                    points.append(Point(step, folder / LORA_WEIGHTS, False))
+    last = total_steps(paths)
+    if last is not None and paths.lora_weights.is_file():
+        points = [p for p in points if p.step < last] + [Point(last, paths.lora_weights, True)]
+    return points
+
+
+class CheckpointError(ValueError):
+    """``infer.checkpoint`` names a LoRA that does not exist (yet)."""
+
+
+def parse_checkpoint(value: str) -> str | int:
+    """``best``, ``final`` or a step number (a positive integer); ValueError otherwise."""
+    text = value.strip().lower()
+    if text in ("best", "final"):
+        return text
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise ValueError(f"{value!r} is not best, final or a step number")
+
+
+def resolve_checkpoint(paths: RunPaths, choice: str, selection: Path | None) -> Point:
+    """The LoRA that ``infer.checkpoint`` names for this run. ``best`` reads ``selection`` (the
+    selection.json of the validation with the run's settings); a run without snapshots has one
+    LoRA, which is then the best without a validation."""
+    wanted = parse_checkpoint(choice)
+    points = lora_points(paths)
+    final = next((p for p in points if p.final), None)
+    if final is None:
+        raise CheckpointError(
+            f"run {paths.root.name} has not finished training ({paths.train_result} is missing); train it first"
+        )
+    if wanted == "final":
+        return final
+    if isinstance(wanted, int):
+        found = next((p for p in points if p.step == wanted), None)
+        if found is None:
+            steps = ", ".join(str(p.step) for p in points)
+            raise CheckpointError(
+                f"infer.checkpoint={wanted}: run {paths.root.name} has no snapshot at step {wanted}; its LoRA "
+                f"points are at steps {steps} (set validate.every_steps or at_steps before training to get more)"
+            )
+        return found
+    if selection is not None and selection.is_file():
+        data = json.loads(selection.read_text())
+        step = int(data["best"]["step"])
+        found = next((p for p in points if p.step == step), None)
+        if found is None:
+            raise CheckpointError(f"{selection} chose step {step}, which run {paths.root.name} no longer has")
+        return found
+    if len(points) == 1:
+        return final
+    raise CheckpointError(
+        f"infer.checkpoint=best: run {paths.root.name} has {len(points)} LoRA points and no selection yet "
+        f"({selection} is missing); validate it first (cover-hpc validate), or set infer.checkpoint=final "
+        "or a step number"
+    )
