@@ -152,7 +152,58 @@ def save_lora(folder: Path, parts: dict[str, torch.nn.Module]) -> Path:
         kwargs[f"{part}_lora_adapter_metadata"] = adapter_metadata(module)
     folder.mkdir(parents=True, exist_ok=True)
     StableDiffusionXLPipeline.save_lora_weights(str(folder), safe_serialization=True, **kwargs)
-    return folder / "pytorch_lora_weights.safetensors"
+    weights = folder / "pytorch_lora_weights.safetensors"
+    canonical_safetensors(weights)
+    return weights
+
+
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
+    torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+
+
+def canonical_safetensors(path: Path) -> None:
+    """Rewrite a safetensors file with its header in one order (keys sorted) and its tensors by name.
+
+    The safetensors library keeps the header's metadata in a Rust HashMap, whose order changes from
+    process to process: the same weights saved by two processes differed in their header bytes. A
+    resumed run must write the same file as an uninterrupted one, byte for byte; this makes it so.
+    The result is an ordinary safetensors file (8-byte header length, JSON header padded to 8 bytes
+    with spaces, then the tensors' bytes, little-endian)."""
+    import os
+
+    from safetensors import safe_open
+
+    from cover_hpc import atomic
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        tensors = {key: handle.get_tensor(key).contiguous() for key in sorted(handle.keys())}
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
+    blobs = []
+    offset = 0
+    for key, tensor in tensors.items():
+        data = tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        header[key] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                       "data_offsets": [offset, offset + len(data)]}  # fmt: skip
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    handle_fd, temporary = atomic.temporary_beside(path)
+    try:
+        with os.fdopen(handle_fd, "wb") as stream:
+            stream.write(len(text).to_bytes(8, "little"))
+            stream.write(text)
+            for blob in blobs:
+                stream.write(blob)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
 
 
 def adapted_modules(module: torch.nn.Module) -> set[str]:

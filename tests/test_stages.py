@@ -56,6 +56,7 @@ def trained(
     paths = prepare_run(spec, run)
     subprocess.run([sys.executable, str(REPO / "jobs" / "train.py"), str(paths.root)], check=True,
                    capture_output=True, timeout=600)  # fmt: skip
+    validate(run.spec, paths)  # inference takes the best snapshot (infer.checkpoint: best) by default
     return run.spec, paths
 
 
@@ -318,3 +319,70 @@ def test_typeset_inference_writes_art_and_finished_covers_read_back_by_ocr(
     assert not (out.images / Path(missing["art"]).name).exists()
     again = infer_shard(new, paths, 0)
     assert (again.generated, again.skipped) == (0, 3)
+
+
+def test_selection_by_a_known_metric_fills_best_and_runs_as_array_tasks(
+    trained: tuple[ExperimentSpec, RunPaths],
+) -> None:
+    """Validation split over 2 tasks, choosing by the held-out loss: the first task to end leaves the
+    choice to the last; the choice is the argmin over the LoRA points, and best/ holds that LoRA."""
+    import yaml
+
+    spec, paths = trained
+    by_loss = dataclasses.replace(spec, validate=dataclasses.replace(spec.validate, select_by="heldout_loss", tasks=2))
+    assert validate(by_loss, paths, task=0) is None  # base and final; step 4 is task 1's
+    out = paths.validation(validation_key(by_loss))
+    assert not out.result.exists() and (out.point("base") / "metrics.json").is_file()
+    result = validate(by_loss, paths, task=1)
+    assert result is not None and result["select_by"] == "heldout_loss"
+    points = {p["step"]: p for p in result["points"]}
+    assert [(p["step"], p["kind"]) for p in result["points"]] == [(0, "base"), (4, "snapshot"), (8, "final")]
+    losses = {step: p["metrics"]["heldout_loss"] for step, p in points.items() if p["kind"] != "base"}
+    assert result["best"]["step"] == min(losses, key=lambda step: (losses[step], step))
+    assert len(set(losses.values())) == 2 and points[0]["metrics"]["heldout_loss"] > 0
+    earlier = json.loads(paths.validation(validation_key(spec)).result.read_text())
+    assert [p["metrics"]["heldout_loss"] for p in earlier["points"]] == [
+        p["metrics"]["heldout_loss"] for p in result["points"]
+    ]  # fixed timesteps and noise: the same loss whatever else validation does
+    for p in result["points"]:
+        assert all(p["metrics"][k] is not None for k in ("clip_score", "cmmd", "ocr_similarity", "ocr_exact"))
+    chosen = result["best"]["step"]
+    weights = paths.lora_weights if chosen == 8 else paths.snapshot(chosen) / "pytorch_lora_weights.safetensors"
+    assert (paths.best / "pytorch_lora_weights.safetensors").read_bytes() == weights.read_bytes()
+    assert (paths.best / "lora_kohya.safetensors").stat().st_size > 0
+    assert len(list((paths.best / "samples").glob("*.png"))) == 3
+    card = (paths.best / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["base_model"] == spec.model.pretrained and "lora" in front["tags"] and "license" not in front
+    assert f"step {chosen}" in card and "heldout_loss" in card and "Book Cover - This book title is" in card
+    assert json.loads(paths.selection.read_text())["best"]["step"] == chosen
+    assert json.loads(out.selection.read_text())["select_by"] == "heldout_loss"
+
+
+def test_inference_uses_the_selected_snapshot(trained: tuple[ExperimentSpec, RunPaths]) -> None:
+    import numpy as np
+    from PIL import Image
+
+    spec, paths = trained
+    selection = json.loads(paths.validation(validation_key(spec)).selection.read_text())
+    book = read_books(Path(spec.infer.books_file or "")).books[0]
+    seen = {}
+    for choice, step in (("best", selection["best"]["step"]), ("4", 4), ("final", 8)):
+        new = dataclasses.replace(spec, infer=dataclasses.replace(spec.infer, checkpoint=choice, shards=1))
+        infer_shard(new, paths, 0)
+        out = paths.inference(inference_key(new))
+        assert json.loads((out.root / "checkpoint.json").read_text())["step"] == step
+        records = [json.loads(line) for line in out.manifest().read_text().splitlines()]
+        assert {r["checkpoint_step"] for r in records} == {step}
+        with Image.open(out.root / records[0]["image"]) as image:
+            seen[choice] = np.asarray(image.convert("RGB"))
+    from cover_hpc.infer import book_seed
+    from cover_hpc.prompts import book_caption
+
+    snapshot = load_generator(spec.model, paths.snapshot(4), spec.data.max_caption_tokens)
+    config = spec.infer
+    (direct,), _ = snapshot.generate([book_caption(book)], [book_seed(config.seed, book.book_id)], config.steps,
+                                     config.guidance, config.size)  # fmt: skip
+    assert np.array_equal(seen["4"], np.asarray(direct.convert("RGB")))  # made with snapshot 4's LoRA
+    assert not np.array_equal(seen["4"], seen["final"])
+    assert np.array_equal(seen["best"], seen["4" if selection["best"]["step"] == 4 else "final"])
