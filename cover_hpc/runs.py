@@ -47,6 +47,7 @@ def validation_key(spec: ExperimentSpec) -> str:
         "data": {"test_dir": data.test_dir, "size": list(data.size), "max_caption_tokens": data.max_caption_tokens,
                  "caption_column": data.caption_column, "image_column": data.image_column,
                  "caption_template": data.caption_template},
+        "typeset": [spec.infer.typeset, spec.infer.typeset_font],  # finished covers scored beside the raw art
     }  # fmt: skip
     source = spec.validate.prompts
     return _key("test_set" if source == "test_set" else Path(source).stem, settings)

@@ -52,6 +52,7 @@ class Item:
     genres: tuple[str, ...]
     seed: int
     title: str | None = None
+    author: str | None = None
 
     @property
     def file_name(self) -> str:
@@ -98,7 +99,8 @@ def validation_items(spec: ExperimentSpec) -> list[Item]:
         short = short_caption(book) if book is not None else None
         genres = tuple(dict.fromkeys(book.genres)) if book is not None else ()
         title = book.title if book is not None and book.title else None
-        items.append(Item(index, book_id, prompt, short, genres, spec.validate.seed + index, title))
+        author = book.author if book is not None and book.author else None
+        items.append(Item(index, book_id, prompt, short, genres, spec.validate.seed + index, title, author))
     return items
 
 
@@ -363,8 +365,9 @@ class Scorers:
         os.replace(temporary, path)
         return self._real
 
-    def score(self, items: Sequence[Item], folder: Path) -> dict[str, Any]:
-        """Every metric of the images in ``folder`` but the held-out loss."""
+    def score(self, items: Sequence[Item], folder: Path, point_folder: Path) -> dict[str, Any]:
+        """Every metric of the images in ``folder`` but the held-out loss (and, with ``infer.typeset``,
+        of the finished covers typeset over them, written to ``point_folder/finished``)."""
         from PIL import Image
 
         from cover_hpc.cmmd import cmmd
@@ -390,7 +393,46 @@ class Scorers:
             read = ocr_title_scores(self.ocr, [i for i, _ in titled], [t for _, t in titled if t])
             metrics["ocr_similarity"], metrics["ocr_exact"] = read["mean_similarity"], read["exact_match_rate"]
             detail["ocr"] = read
+        if self.spec.infer.typeset and titled:
+            finished = self.finished(items, images, point_folder / "finished")
+            detail["finished"] = finished
+            metrics |= {f"finished_{k}": finished[k] for k in ("ocr_similarity", "ocr_exact", "contrast_min")}
         return {"metrics": metrics, "detail": detail}
+
+    def finished(self, items: Sequence[Item], images: Sequence[Any], folder: Path) -> dict[str, Any]:
+        """Finished covers beside the raw art: the exact title (and author) typeset over each raw cover,
+        each title read back by the same OCR engine where it was set (the raw art's own lettering is
+        not mistaken for it), and the contrast measured under the glyphs."""
+        from cover_hpc import typeset
+
+        folder.mkdir(parents=True, exist_ok=True)
+        done, per_image = [], []
+        for item, art in zip(items, images, strict=True):
+            if not item.title:
+                continue
+            try:
+                result = typeset.typeset(art, item.title, author=item.author, genres=item.genres,
+                                         font=self.spec.infer.typeset_font)  # fmt: skip
+            except typeset.TypesetError as error:
+                per_image.append({"index": item.index, "title": item.title, "error": str(error)})
+                continue
+            atomic.save_image(result.image, folder / item.file_name)
+            done.append((item, result))
+            per_image.append({"index": item.index, "title": item.title, "image": f"finished/{item.file_name}",
+                              "contrast": result.layout.contrast})  # fmt: skip
+        reads = {}
+        for item, result in done:  # the layout is known: each line of the title is read where it was set
+            reads[item.index] = typeset.read_back(result, self.ocr)["title"]
+        for row in per_image:
+            if row["index"] in reads:
+                row |= {k: reads[row["index"]][k] for k in ("read", "similarity", "exact")}
+        contrasts = [r.layout.contrast for _, r in done]
+        return {
+            "covers": len(done), "not_set": len(per_image) - len(done),
+            "ocr_similarity": mean([r["similarity"] for r in reads.values()]),
+            "ocr_exact": mean([float(r["exact"]) for r in reads.values()]),
+            "contrast_min": min(contrasts) if contrasts else None, "per_image": per_image,
+        }  # fmt: skip
 
 
 #: Real covers embedded for CMMD at most (the paper's estimator converges with a few thousand).
@@ -416,7 +458,7 @@ def score_point(
         generation_s = generate_missing(generator, items, images, spec)
     loss = heldout_loss(generator, spec, scorers.examples) if spec.validate.loss_images else None
     del generator
-    scored = scorers.score(items, images)
+    scored = scorers.score(items, images, folder)
     metrics = scored["metrics"] | {"heldout_loss": loss["heldout_loss"] if loss else None}
     record = {
         "point": point.name, "step": point.step, "kind": point.kind,

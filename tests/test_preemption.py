@@ -179,7 +179,7 @@ def test_time_limits_in_validation_and_inference_requeue_and_resume(
              "--stage", "infer").stdout[-4000:])  # fmt: skip
     (row,) = run_rows(exp)
     assert {s["state"] for s in row["stages"].values()} == {"done"}, row["stages"]
-    validate_job, (infer_job,) = row["stages"]["validate"]["job"], row["stages"]["infer"]["jobs"]
+    (validate_job,), (infer_job,) = row["stages"]["validate"]["jobs"], row["stages"]["infer"]["jobs"]
     validation = json.loads(next((run / "validate").glob("*/validation.json")).read_text())
     shard = json.loads(next((run / "infer").glob("*/shard-0.json")).read_text())
     assert restarts(validate_job) >= 1 and validation["requeues"] == restarts(validate_job)

@@ -153,3 +153,51 @@ def test_two_tasks_on_one_node_train_one_run_together(
     assert train_result["world_size"] == 2 and train_result["status"] == "finished"
     logs = cli("logs", str(exp), row["run_id"]).stdout
     assert "rank 0 of 2" in logs and "rank 1 of 2" in logs
+
+
+def test_snapshot_validation_is_an_array_that_resumes_when_stopped_and_picks_the_lora_for_inference(
+    slurm_cluster: str, tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path
+) -> None:
+    """Snapshots every 4 steps of 12 validated by a 2-task array; task 0 gets SLURM's warning signal
+    once its first point is scored: it is requeued, the scored point is not scored again, and both
+    tasks complete. The last one selects; inference (afterok on the whole array) uses the choice."""
+    from .test_preemption import restarts, sacct_state
+
+    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, train={"max_steps": 12, "checkpoint_every": 4},
+                     validate={"clip_model": tiny_clip(tmp_path), "every_steps": 4, "tasks": 2, "num_prompts": 4,
+                               "steps": 40, "batch_size": 1},
+                     infer={"shards": 1})  # fmt: skip
+    result = cli("submit", str(path), "--profile", "local")
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    exp = tmp_path / "experiments" / "sub"
+    (row,) = run_rows(exp)
+    first, second = row["stages"]["validate"]["jobs"]
+    assert first.endswith("_0") and second.endswith("_1") and first.split("_")[0] == second.split("_")[0]
+    run = exp / row["run_id"]
+    # points: step 4, 8 and the final 12 (no base model here); task 0 has steps 4 and 12, task 1 step 8
+    deadline = time.monotonic() + 900
+    while not list(run.glob("validate/*/points/step-00000004/metrics.json")):
+        assert time.monotonic() < deadline, cli("logs", str(exp), row["run_id"], "--stage", "validate").stdout[-4000:]
+        time.sleep(0.2)
+    (scored,) = run.glob("validate/*/points/step-00000004/metrics.json")
+    written = scored.stat().st_mtime_ns
+    subprocess.run(["scancel", "--signal=USR2", first], check=True, timeout=60)
+    deadline = time.monotonic() + 900
+    while not (validated(run) and list(run.glob("infer/*/manifest.jsonl"))):
+        assert time.monotonic() < deadline, cli("logs", str(exp), row["run_id"], "--stage", "validate").stdout[-4000:]
+        time.sleep(2)
+    assert restarts(first) >= 1 and restarts(second) == 0
+    assert sacct_state(first) == sacct_state(second) == "COMPLETED"
+    assert scored.stat().st_mtime_ns == written  # the point scored before the stop was not scored again
+    validation = json.loads(next(run.glob("validate/*/validation.json")).read_text())
+    assert [p["step"] for p in validation["points"]] == [4, 8, 12]
+    best = validation["best"]["step"]
+    (status_row,) = run_rows(exp)
+    assert status_row["best"]["step"] == best and status_row["stages"]["validate"]["state"] == "done"
+    manifest = next(run.glob("infer/*/manifest.jsonl")).read_text().splitlines()
+    assert {json.loads(line)["checkpoint_step"] for line in manifest} == {best}
+    assert (run / "best" / "pytorch_lora_weights.safetensors").is_file()
+    text = cli("status", str(exp)).stdout
+    assert f"step {best}: clip_score" in text
+    again = cli("submit", str(path), "--profile", "local")
+    assert "0 of 1 runs had stages to submit" in again.stdout, again.stdout + again.stderr

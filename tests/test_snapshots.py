@@ -161,3 +161,27 @@ def test_canonical_safetensors_is_byte_stable_and_loads_back(tmp_path: Path) -> 
     assert all(back[k].dtype == v.dtype and torch.equal(back[k], v) for k, v in tensors.items())
     with safe_open(str(first), framework="pt") as handle:
         assert handle.metadata() == {"format": "pt", "lora_adapter_metadata": "{}"}
+
+
+def test_validation_scores_finished_covers_beside_the_raw_art(tmp_path: Path, demo_data_dir: Path) -> None:
+    """With infer.typeset, each validation cover also gets the exact title typeset over it; the
+    finished covers are read back by the same OCR as the raw art, and their contrast is measured."""
+    from PIL import Image
+
+    from cover_hpc.config import ExperimentSpec, InferConfig
+    from cover_hpc.paths import ValidationPaths
+    from cover_hpc.validate import Item, Scorers
+
+    spec = ExperimentSpec(infer=InferConfig(typeset=True))
+    photos = sorted((demo_data_dir / "test_set").glob("*.jpg"))[:2]
+    arts = [Image.open(p).convert("RGB").resize((576, 768)) for p in photos]
+    items = [Item(0, "a", "p", None, ("literary",), 0, "The Quiet Harbour", "Ana Núñez"),
+             Item(1, "b", "p", None, ("fantasy",), 1, "Glyph \U00013000 Missing")]  # fmt: skip
+    scorers = Scorers(spec, ValidationPaths(tmp_path / "v"), [])
+    finished = scorers.finished(items, arts, tmp_path / "point" / "finished")
+    assert (finished["covers"], finished["not_set"]) == (1, 1)
+    first, missing = finished["per_image"]
+    assert (tmp_path / "point" / first["image"]).is_file() and first["contrast"] >= 4.5
+    assert first["similarity"] >= 0.9 and finished["ocr_similarity"] == first["similarity"]
+    assert "U+13000" in missing["error"] and "image" not in missing
+    assert finished["contrast_min"] == first["contrast"]
