@@ -38,12 +38,17 @@ def _key(label: str, settings: dict[str, Any]) -> str:
     return f"{readable}-{digest}"
 
 
+#: Validation settings that change no image and no metric, only which point is chosen (select_by) or
+#: how the work is split (tasks): a new value re-selects from the points already scored.
+CHOICE_ONLY = ("select_by", "tasks")
+
+
 def validation_key(spec: ExperimentSpec) -> str:
     """The folder of one validation of a run: its prompt source and a hash of every setting it reads
     (validation settings are not part of the run id, so one trained run can be validated many ways)."""
     data = spec.data
     settings = {
-        "validate": to_dict(spec.validate),
+        "validate": {k: v for k, v in to_dict(spec.validate).items() if k not in CHOICE_ONLY},
         "data": {"test_dir": data.test_dir, "size": list(data.size), "max_caption_tokens": data.max_caption_tokens,
                  "caption_column": data.caption_column, "image_column": data.image_column,
                  "caption_template": data.caption_template},
@@ -62,7 +67,7 @@ def inference_key(spec: ExperimentSpec) -> str:
         )
     settings: dict[str, Any] = {"infer": to_dict(spec.infer), "max_caption_tokens": spec.data.max_caption_tokens}
     if spec.infer.checkpoint.strip().lower() == "best":  # which LoRA is best depends on how validation scores
-        settings["validation"] = validation_key(spec)
+        settings["validation"] = [validation_key(spec), spec.validate.select_by]
     return _key(Path(spec.infer.books_file).stem, settings)
 
 

@@ -289,8 +289,12 @@ def stage_done(paths: RunPaths, stage: str, spec: ExperimentSpec) -> bool:
     live in folders named by their settings, so new settings mean new work for a trained run)."""
     if stage == "train":
         return paths.train_result.is_file()
-    if stage == "validate":
-        return validation_paths(paths, spec).result.is_file()
+    if stage == "validate":  # done, and chosen by the metric asked for now (else re-selected, nothing re-scored)
+        result = validation_paths(paths, spec).result
+        try:
+            return bool(json.loads(result.read_text()).get("select_by") == spec.validate.select_by)
+        except (OSError, ValueError):
+            return False
     inference = inference_paths(paths, spec)
     return inference is None or inference.manifest().is_file()
 

@@ -166,7 +166,7 @@ def test_snapshot_validation_is_an_array_that_resumes_when_stopped_and_picks_the
     path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, train={"max_steps": 12, "checkpoint_every": 4},
                      validate={"clip_model": tiny_clip(tmp_path), "every_steps": 4, "tasks": 2, "num_prompts": 4,
                                "steps": 40, "batch_size": 1},
-                     infer={"shards": 1})  # fmt: skip
+                     infer={"shards": 1, "typeset": True, "size": [768, 576]})  # fmt: skip
     result = cli("submit", str(path), "--profile", "local")
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     exp = tmp_path / "experiments" / "sub"
@@ -196,6 +196,9 @@ def test_snapshot_validation_is_an_array_that_resumes_when_stopped_and_picks_the
     assert status_row["best"]["step"] == best and status_row["stages"]["validate"]["state"] == "done"
     manifest = next(run.glob("infer/*/manifest.jsonl")).read_text().splitlines()
     assert {json.loads(line)["checkpoint_step"] for line in manifest} == {best}
+    finished = [json.loads(line) for line in manifest if json.loads(line)["image"]]  # infer.typeset on SLURM
+    folder = next(run.glob("infer/*/manifest.jsonl")).parent
+    assert len(finished) >= 6 and all(r["contrast"] >= 4.5 and (folder / r["art"]).is_file() for r in finished)
     assert (run / "best" / "pytorch_lora_weights.safetensors").is_file()
     text = cli("status", str(exp)).stdout
     assert f"step {best}: clip_score" in text

@@ -329,7 +329,8 @@ def test_selection_by_a_known_metric_fills_best_and_runs_as_array_tasks(
     import yaml
 
     spec, paths = trained
-    by_loss = dataclasses.replace(spec, validate=dataclasses.replace(spec.validate, select_by="heldout_loss", tasks=2))
+    settings = dataclasses.replace(spec.validate, select_by="heldout_loss", tasks=2, num_prompts=2)
+    by_loss = dataclasses.replace(spec, validate=settings)
     assert validate(by_loss, paths, task=0) is None  # base and final; step 4 is task 1's
     out = paths.validation(validation_key(by_loss))
     assert not out.result.exists() and (out.point("base") / "metrics.json").is_file()
@@ -350,13 +351,24 @@ def test_selection_by_a_known_metric_fills_best_and_runs_as_array_tasks(
     weights = paths.lora_weights if chosen == 8 else paths.snapshot(chosen) / "pytorch_lora_weights.safetensors"
     assert (paths.best / "pytorch_lora_weights.safetensors").read_bytes() == weights.read_bytes()
     assert (paths.best / "lora_kohya.safetensors").stat().st_size > 0
-    assert len(list((paths.best / "samples").glob("*.png"))) == 3
+    assert len(list((paths.best / "samples").glob("*.png"))) == 2
     card = (paths.best / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
     assert front["base_model"] == spec.model.pretrained and "lora" in front["tags"] and "license" not in front
     assert f"step {chosen}" in card and "heldout_loss" in card and "Book Cover - This book title is" in card
     assert json.loads(paths.selection.read_text())["best"]["step"] == chosen
     assert json.loads(out.selection.read_text())["select_by"] == "heldout_loss"
+    # another metric re-selects from the points already scored: same folder, nothing scored again
+    from cover_hpc.submit import stage_done
+
+    by_cmmd = dataclasses.replace(spec, validate=dataclasses.replace(settings, select_by="cmmd", tasks=1))
+    assert paths.validation(validation_key(by_cmmd)) == out and not stage_done(paths, "validate", by_cmmd)
+    scored = {p: p.stat().st_mtime_ns for p in out.root.glob("points/*/metrics.json")}
+    again = validate(by_cmmd, paths)
+    assert again is not None and again["select_by"] == "cmmd" and stage_done(paths, "validate", by_cmmd)
+    cmmds = {p["step"]: p["metrics"]["cmmd"] for p in again["points"] if p["kind"] != "base"}
+    assert again["best"]["step"] == min(cmmds, key=lambda step: (cmmds[step], step))
+    assert {p: p.stat().st_mtime_ns for p in out.root.glob("points/*/metrics.json")} == scored
 
 
 def test_inference_uses_the_selected_snapshot(trained: tuple[ExperimentSpec, RunPaths]) -> None:
@@ -368,7 +380,8 @@ def test_inference_uses_the_selected_snapshot(trained: tuple[ExperimentSpec, Run
     book = read_books(Path(spec.infer.books_file or "")).books[0]
     seen = {}
     for choice, step in (("best", selection["best"]["step"]), ("4", 4), ("final", 8)):
-        new = dataclasses.replace(spec, infer=dataclasses.replace(spec.infer, checkpoint=choice, shards=1))
+        config = dataclasses.replace(spec.infer, checkpoint=choice, shards=1, batch_size=1)  # as the direct call
+        new = dataclasses.replace(spec, infer=config)
         infer_shard(new, paths, 0)
         out = paths.inference(inference_key(new))
         assert json.loads((out.root / "checkpoint.json").read_text())["step"] == step

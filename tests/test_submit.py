@@ -120,7 +120,8 @@ def test_local_executor_runs_every_stage_then_resubmission_does_nothing(
     from cover_hpc.demo.tiny_clip import build_tiny_transformers_clip
 
     clip = build_tiny_transformers_clip(tmp_path / "clip")
-    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, validate={"clip_model": str(clip)})
+    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, validate={"clip_model": str(clip), "every_steps": 2},
+                     infer={"typeset": True, "size": [768, 576]})  # fmt: skip
     result = cli("submit", str(path), "--executor", "local")
     assert result.returncode == 0, result.stderr[-3000:]
     for line in ("train done", "validate done", "infer shard 0 done", "infer shard 1 done", "report:"):
@@ -132,6 +133,16 @@ def test_local_executor_runs_every_stage_then_resubmission_does_nothing(
     assert row["step"] == row["total_steps"] == 4 and row["requeues"] == 0 and row["clip_score"] is not None
     for key in ("lora", "validation", "manifest", "report"):
         assert Path(row[key]).is_file(), key
+    validation = json.loads(Path(row["validation"]).read_text())
+    assert [p["step"] for p in validation["points"]] == [2, 4] and row["best"]["step"] in (2, 4)
+    # finished covers (infer.typeset): art and typeset cover side by side, every title read back by OCR
+    records = [json.loads(line) for line in Path(row["manifest"]).read_text().splitlines()]
+    finished = [r for r in records if r["image"]]
+    assert len(records) == 7 and len(finished) >= 6 and {r["checkpoint_step"] for r in records} == {row["best"]["step"]}
+    for record in finished:
+        assert (Path(row["manifest"]).parent / record["art"]).is_file() and record["contrast"] >= 4.5
+        assert record["ocr"]["title"]["similarity"] >= 0.5, record["ocr"]
+    assert "art" in Path(row["report"]).read_text()
     again = cli("submit", str(path), "--executor", "local")
     assert "0 of 1 runs had stages to run" in again.stdout
     assert "train done" not in again.stdout
