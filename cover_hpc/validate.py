@@ -191,7 +191,7 @@ def run_points(spec: ExperimentSpec, paths: RunPaths) -> list[PointJob]:
     """The base model (when ``validate.baseline``), every snapshot on disk and the final LoRA."""
     points = lora_points(paths)
     if not any(p.final for p in points):
-        raise RuntimeError(
+        raise ValueError(
             f"run {paths.root.name} has not finished training ({paths.train_result} is missing); validation "
             "scores its snapshots and final LoRA, so train it first"
         )
