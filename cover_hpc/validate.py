@@ -443,31 +443,44 @@ def score_point(
     spec: ExperimentSpec, paths: RunPaths, out: ValidationPaths, point: PointJob, items: Sequence[Item],
     scorers: Scorers,
 ) -> dict[str, Any]:  # fmt: skip
-    """Generate a point's missing images, score them, and write its ``metrics.json``."""
-    started = time.perf_counter()
+    """Generate a point's missing images, score them, and write its ``metrics.json``.
+
+    The base model's images and scores are shared by every run of the experiment with the same
+    model and validation settings (``<exp>/baseline/<key>/``): one run's task makes them while the
+    others wait, then each copies the scores."""
     folder = out.point(point.name)
-    tokens_max, precision = spec.data.max_caption_tokens, spec.validate.precision
-    generator = load_generator(spec.model, point.weights, tokens_max, precision)
-    if point.kind == "base":  # shared by every run with these settings: one generates, the others wait
-        images = paths.experiment.baseline(baseline_key(spec, items))
-        with locks.held(images / ".lock", f"the base model's validation images in {images}",
-                        wait_s=BASELINE_WAIT_S, while_waiting=preemption.check):  # fmt: skip
-            generation_s = generate_missing(generator, items, images, spec)
+    if point.kind != "base":
+        record = _scored(spec, point, items, scorers, folder / "images", folder)
     else:
-        images = folder / "images"
-        generation_s = generate_missing(generator, items, images, spec)
+        images = paths.experiment.baseline(baseline_key(spec, items))
+        with locks.held(images / ".lock", f"the base model's validation in {images}", wait_s=BASELINE_WAIT_S,
+                        while_waiting=preemption.check):  # fmt: skip
+            shared = images / f"metrics-{out.root.name}.json"
+            cached = _read_json(shared)
+            if cached is None:
+                cached = _scored(spec, point, items, scorers, images, images / f"scored-{out.root.name}")
+                atomic.write_json(shared, cached)
+        record = cached
+    atomic.write_json(folder / "metrics.json", record)
+    return record
+
+
+def _scored(
+    spec: ExperimentSpec, point: PointJob, items: Sequence[Item], scorers: Scorers, images: Path, folder: Path
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    generator = load_generator(spec.model, point.weights, spec.data.max_caption_tokens, spec.validate.precision)
+    generation_s = generate_missing(generator, items, images, spec)
     loss = heldout_loss(generator, spec, scorers.examples) if spec.validate.loss_images else None
     del generator
     scored = scorers.score(items, images, folder)
     metrics = scored["metrics"] | {"heldout_loss": loss["heldout_loss"] if loss else None}
-    record = {
+    return {
         "point": point.name, "step": point.step, "kind": point.kind,
         "weights": str(point.weights) if point.weights else None,
         "images": str(images), "metrics": metrics, "heldout": loss, **scored["detail"],
         "timings": {"generation_s": generation_s, "total_s": time.perf_counter() - started},
     }  # fmt: skip
-    atomic.write_json(folder / "metrics.json", record)
-    return record
 
 
 #: How long a task waits for another run's task that generates the shared base-model images.

@@ -105,8 +105,14 @@ def test_text_encoder_adapters_are_used_in_validation(trained: tuple[ExperimentS
     lora_embeds, _ = lora_gen.encode(prompts)
     base_embeds, _ = base_gen.encode(prompts)
     assert not torch.allclose(lora_embeds, base_embeds)  # every chunk goes through the adapted encoders
+    trained_result = json.loads(paths.validation(validation_key(spec)).result.read_text())
+    (shared,) = Path(trained_result["baseline_images"]).glob("metrics-*.json")
+    before = shared.stat().st_mtime_ns
     result = validate(spec, only_text)
     assert result is not None
+    assert shared.stat().st_mtime_ns == before  # the base model is scored once per experiment, then shared
+    assert result["points"][0]["kind"] == "base"
+    assert result["points"][0]["metrics"] == trained_result["points"][0]["metrics"]
     base = image_bytes(Path(result["baseline_images"]))
     assert image_bytes(only_text.validation(validation_key(spec)).point(f"step-{8:08d}") / "images") != base
 
