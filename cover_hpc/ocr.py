@@ -28,11 +28,14 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import numpy as np
 from PIL import Image
 
 ENGINES = ("rapidocr", "tesseract")
-# Latin letters with a stroke or ligatures that NFKD leaves whole; folded like accents.
-_FOLD = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "ħ": "h", "ı": "i", "æ": "ae", "œ": "oe", "þ": "th"})
+# Latin letters with a stroke, ligatures and others that NFKD leaves whole, folded like accents (as
+# unidecode does); applied after casefold (which makes ß "ss"), to expected and read text alike.
+_FOLD = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "ð": "d", "ħ": "h", "ŧ": "t", "ı": "i", "æ": "ae", "œ": "oe",
+                       "þ": "th", "ŋ": "ng"})  # fmt: skip
 
 
 class OcrUnavailable(RuntimeError):
@@ -40,8 +43,9 @@ class OcrUnavailable(RuntimeError):
 
 
 def normalise_title(text: str) -> str:
-    """Case folded, accents removed (NFKD, combining marks dropped; ø, ł, æ, œ... folded too),
-    punctuation and symbols removed, whitespace collapsed to single spaces."""
+    """Case folded, accents removed (NFKD, combining marks dropped; ø, ł, æ, œ, þ... folded too, as _FOLD
+    says), punctuation and symbols removed, whitespace collapsed to single spaces. Spaces count: a title
+    read with two words run together is not an exact match."""
     folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold()).translate(_FOLD)
     kept = []
     for char in folded:
@@ -87,6 +91,16 @@ class OcrEngine(Protocol):
         ...
 
 
+class LineReader(Protocol):
+    """An engine that can also read text whose lines are already found (both engines here)."""
+
+    name: str
+
+    def read_lines(self, images: Sequence[Image.Image]) -> list[str]:
+        """The text of each image, each holding one line of text: recognition only, no detection."""
+        ...
+
+
 def _reading_order(boxes: Sequence[tuple[float, float, float, str]]) -> str:
     """Texts of (top, bottom, left, text) boxes top to bottom, and left to right within a line:
     a box joins the current line when its vertical centre lies within the line's first box."""
@@ -120,6 +134,9 @@ class RapidOcr:
             ) from error
         options: dict[str, Any] = {"intra_op_num_threads": threads} if threads else {}
         self._engine = RapidOCR(**options)
+        # what the recogniser can answer: about 6,600 characters, Chinese, ASCII and a few accented Latin
+        # letters (é, ü, ó...) but no Ł, Ø, Æ, Œ, ß, ñ, ö...: it reads a letter it lacks as one it has
+        self.characters = frozenset(c for c in self._engine.text_rec.postprocess_op.character if len(c) == 1)
 
     def read(self, image: Image.Image) -> str:
         result, _ = self._engine(image.convert("RGB"))
@@ -128,6 +145,16 @@ class RapidOcr:
             ys, xs = [p[1] for p in points], [p[0] for p in points]
             boxes.append((min(ys), max(ys), min(xs), str(text)))
         return _reading_order(boxes)
+
+    def read_lines(self, images: Sequence[Image.Image]) -> list[str]:
+        """Recognition alone (no detection, no angle classifier), in one batch: for lines whose place is
+        known, such as the lines a typesetter set. The recogniser scales each image to 48 px high, so
+        the crop decides how large the type is in what it sees (see ``cover_hpc.typeset.line_crops``)."""
+        if not images:
+            return []
+        bgr = [np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1]) for image in images]
+        results, _ = self._engine.text_rec(bgr)
+        return [" ".join(str(text).split()) for text, _score in results]
 
 
 class TesseractOcr:
@@ -147,10 +174,17 @@ class TesseractOcr:
         self._env = {**os.environ, "OMP_THREAD_LIMIT": str(threads or 1)}
 
     def read(self, image: Image.Image) -> str:
+        return self._run(image, self._psm)
+
+    def read_lines(self, images: Sequence[Image.Image]) -> list[str]:
+        """Each image as a single line of text (``--psm 7``), one run per image."""
+        return [self._run(image, 7) for image in images]
+
+    def _run(self, image: Image.Image, psm: int) -> str:
         png = io.BytesIO()
         image.convert("RGB").save(png, format="PNG", compress_level=1)
         result = subprocess.run(
-            [str(self._program), "stdin", "stdout", "-l", "eng", "--psm", str(self._psm)],
+            [str(self._program), "stdin", "stdout", "-l", "eng", "--psm", str(psm)],
             input=png.getvalue(), capture_output=True, env=self._env, timeout=120, check=False,
         )  # fmt: skip
         if result.returncode != 0:

@@ -125,6 +125,7 @@ class TextBlock:
     text: str
     lines: tuple[str, ...]
     line_boxes: tuple[Box, ...]  # ink box of each line, outline included
+    baselines: tuple[int, ...]  # y of each line's baseline
     box: Box  # their union
     band: str
     band_detail: dict[str, float]  # mean Sobel magnitude under this box in each band it could go in
@@ -402,7 +403,8 @@ class SetText:
 
 def word_gap(font: ImageFont.FreeTypeFont, size: int, word_space: float) -> float:
     """The space between words: the font's own, or ``word_space`` em where that is wider (display type often
-    has wider word spaces; 0.4 em did not change how often OCR runs words together: docs/PERFORMANCE.md)."""
+    has wider word spaces; they did not change how often OCR reads titles exactly: 0.4 and 0.55 em where it
+    found the lines itself, 0.33 and 0.4 em where it read the lines of :func:`line_crops`; docs/PERFORMANCE.md)."""
     return max(float(font.getlength(" ")), word_space * size)
 
 
@@ -734,7 +736,8 @@ def _record(draft: _Draft, block: SetText, origin: tuple[int, int], found: Measu
             outline: dict[str, Any] | None, detail: float) -> TextBlock:  # fmt: skip
     return TextBlock(
         role=draft.role, text=draft.text, lines=block.lines,
-        line_boxes=tuple(_shift(box, origin) for box in block.line_boxes), box=_block_box(block, origin),
+        line_boxes=tuple(_shift(box, origin) for box in block.line_boxes),
+        baselines=tuple(origin[1] + y for _, y in block.origins), box=_block_box(block, origin),
         band=draft.band, band_detail=draft.band_detail, detail=round(detail, 5),
         font_file=block.face, font_size=block.size,
         colour=hex_colour(found.colour), contrast=round(found.contrast, 3),
@@ -836,19 +839,47 @@ def text_crop(result: TypesetResult, block: TextBlock) -> Image.Image:
     return square
 
 
-def read_back(result: TypesetResult, engine: Any = "auto") -> dict[str, Any]:
+# Where a typeset line is read from, in em of its size: from READ_ABOVE above its baseline to READ_BELOW below
+# it (further where the ink reaches further), and READ_SIDE beyond its ink on either side. The recogniser
+# scales what it is given to 48 px high, so this fixes how large the type is in what it sees whatever the
+# line holds: a crop tight around a line in capitals blows the capitals up to the full height, and PP-OCRv4
+# then drops the spaces between words (docs/PERFORMANCE.md, "Typesetting").
+READ_ABOVE, READ_BELOW, READ_SIDE = 0.8, 0.28, 0.15
+
+
+def line_crops(result: TypesetResult, block: TextBlock, above: float = READ_ABOVE, below: float = READ_BELOW,
+               side: float = READ_SIDE) -> list[Image.Image]:  # fmt: skip
+    """Each line of a text block cropped from the finished cover as the recogniser should see it."""
+    size, (width, height) = block.font_size, result.image.size
+    crops = []
+    for (left, top, right, bottom), baseline in zip(block.line_boxes, block.baselines, strict=True):
+        top, bottom = min(top, baseline - round(above * size)), max(bottom, baseline + round(below * size))
+        pad = round(side * size)
+        crops.append(result.image.crop((max(0, left - pad), max(0, top), min(width, right + pad), min(height, bottom))))
+    return crops
+
+
+def read_back(result: TypesetResult, engine: Any = "auto", *,
+              frame: tuple[float, float, float] = (READ_ABOVE, READ_BELOW, READ_SIDE)) -> dict[str, Any]:  # fmt: skip
     """OCR each typeset text from the finished cover: what was read, its similarity, exact match.
 
-    ``engine``: an engine from :func:`cover_hpc.ocr.load_ocr`, or the name to load one with. Each text is
-    read from a crop around its own box, so the title is compared with the title alone.
+    ``engine``: an engine from :func:`cover_hpc.ocr.load_ocr`, or the name to load one with. The layout is
+    known, so each line of each text is read on its own from :func:`line_crops` (recognition only, one
+    batch per text) and the lines joined by spaces; the title is compared with the title alone. ``frame``:
+    the crop's reach above and below the baseline and to the sides, in em (calibration). An engine without
+    ``read_lines`` reads each text from :func:`text_crop`, finding its lines itself.
     """
     from cover_hpc import ocr
 
     reader = ocr.load_ocr(engine) if isinstance(engine, str) else engine
+    read_lines = getattr(reader, "read_lines", None)
     record: dict[str, Any] = {"engine": reader.name}
     for block in (result.layout.title, result.layout.author):
         if block is not None:
-            read = reader.read(text_crop(result, block))
+            if read_lines is not None:
+                read = " ".join(read_lines(line_crops(result, block, *frame)))
+            else:
+                read = reader.read(text_crop(result, block))
             similarity = round(ocr.title_similarity(block.text, read), 4)
             record[block.role] = {"read": read, "similarity": similarity, "exact": ocr.exact_match(block.text, read)}
     return record

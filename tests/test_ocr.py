@@ -8,9 +8,10 @@ import random
 import shutil
 import sys
 from pathlib import Path
+from typing import cast
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from cover_hpc import ocr
 from cover_hpc.demo.covers import font_path
@@ -24,6 +25,7 @@ from cover_hpc.demo.title_images import background, demo_art, typeset
         ("  The   NIGHT'S\tGarden:  a Novel!  ", "the nights garden a novel"),
         ("Dvořák in São Paulo, 1984", "dvorak in sao paulo 1984"),
         ("Łódź, Ørsted & Straße", "lodz orsted strasse"),
+        ("ÆTHER Œuvre Þing Đurđevac Ðóttir ışık", "aether oeuvre thing durdevac dottir isik"),
         ("ﬁre — “quoted” …", "fire quoted"),
         ("", ""),
         ("¡¿ — !?", ""),
@@ -150,8 +152,36 @@ def test_rapidocr_reads_nothing_from_a_blank_image(rapidocr: ocr.OcrEngine) -> N
     assert rapidocr.read(Image.new("RGB", SIZE, (30, 60, 90))) == ""
 
 
+def _line(text: str, size: int = 60) -> Image.Image:
+    """One line in capitals, framed as cover_hpc.typeset.line_crops frames a typeset line: the type at
+    about 1.1 em of the crop's height, whatever the line holds."""
+    font = ImageFont.truetype(str(font_path(bold=True, serif=True)), size)
+    width = round(font.getlength(text)) + size // 3
+    image = Image.new("RGB", (width, round(size * 1.08)), (235, 230, 220))
+    ImageDraw.Draw(image).text((size // 6, round(size * 0.8)), text, font=font, fill=(20, 20, 20), anchor="ls")
+    return image
+
+
+def test_rapidocr_reads_known_lines_with_their_spaces(rapidocr: ocr.OcrEngine) -> None:
+    reader = cast(ocr.LineReader, rapidocr)
+    lines = ["WINTER FIRE A MACHINE", "MEMORY CLOCKWORK 1984", "Café Noir"]
+    assert [ocr.normalise_title(read) for read in reader.read_lines([_line(text) for text in lines])] == [
+        ocr.normalise_title(text) for text in lines
+    ]
+    assert reader.read_lines([]) == []
+
+
+def test_rapidocr_knows_which_letters_it_can_answer(rapidocr: ocr.OcrEngine) -> None:
+    characters = cast(ocr.RapidOcr, rapidocr).characters
+    assert {"a", "Z", "7", "é", "ü", " "} <= characters
+    assert not {"Ł", "ø", "Æ", "ñ"} & characters  # read as another letter: t or L, o or 0, E or AE, n
+
+
 @pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract (optional engine) is not installed")
 def test_tesseract_reads_back_a_clean_title(art: list[Image.Image]) -> None:
     title, kind = CLEAN[0]
-    read = ocr.load_ocr("tesseract").read(_known_image(title, kind, "easy", art, 0))
+    engine = ocr.load_ocr("tesseract")
+    read = engine.read(_known_image(title, kind, "easy", art, 0))
     assert ocr.title_similarity(title, read) >= 0.9, read
+    (line,) = cast(ocr.TesseractOcr, engine).read_lines([_line("MEMORY CLOCKWORK")])
+    assert ocr.title_similarity("MEMORY CLOCKWORK", line) >= 0.9, line
