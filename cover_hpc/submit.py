@@ -643,15 +643,16 @@ def render_dry_run(plan: Plan) -> str:
         if not stages:
             lines.append(f"{run.run_id}: nothing to submit (done, or queued/running)")
             continue
-        chain = " -> ".join(f"{s}[{run.spec.infer.shards}]" if s == "infer" else s for s in stages)
+        counts = {"infer": run.spec.infer.shards, "validate": run.spec.validate.tasks}
+        chain = " -> ".join(f"{s}[{counts[s]}]" if counts.get(s, 1) > 1 else s for s in stages)
         lines.append(f"{run.run_id}: {chain}  (afterok between stages)")
         previous = f"<train job of {run.run_id}>" if "train" in stages else None
         for stage in [s for s in stages if s != "train"]:
             params = plan.params(run.spec.slurm, stage)
             if previous:
                 params["additional_parameters"] = {"requeue": True, "dependency": f"afterok:{previous}"}
-            if stage == "infer" and run.spec.infer.shards > 1:
-                params["map_count"] = run.spec.infer.shards
+            if counts.get(stage, 1) > 1:
+                params["map_count"] = counts[stage]
             scripts.append(f"# ---- {run.run_id} {stage}\n{_sbatch_text(plan, params)}")
             previous = f"<{stage} job of {run.run_id}>"
     lines.append("report: afterany on every job above")

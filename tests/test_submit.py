@@ -101,11 +101,13 @@ def test_dry_run_shows_the_scripts_with_missing_data_as_warnings(tmp_path: Path,
 
 def test_dry_run_prints_the_array_and_the_dependency_graph(tmp_path: Path, tiny_model_dir: Path,
                                                            demo_data_dir: Path) -> None:  # fmt: skip
-    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, sweep={"grid": {"lora.rank": [4, 8]}})
+    path = spec_file(tmp_path, tiny_model_dir, demo_data_dir, sweep={"grid": {"lora.rank": [4, 8]}},
+                     validate={"tasks": 3})  # fmt: skip
     result = cli("submit", str(path), "--executor", "slurm", "--dry-run", "--profile", "local")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "train: one array of 2 task(s)" in out and "#SBATCH --array=0-1%" in out
+    assert out.count("train -> validate[3] -> infer[2]") == 2 and "#SBATCH --array=0-2%" in out
     assert out.count("#SBATCH --dependency='afterok:<train job of") == 2
     assert "#SBATCH --dependency='afterok:<validate job of" in out and "#SBATCH --partition=debug" in out
     assert "#SBATCH --signal=USR2@30" in out and "#SBATCH --requeue" in out
