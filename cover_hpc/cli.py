@@ -297,7 +297,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for run in select_runs(expand(spec), args.run):
         result = validate(run.spec, prepare_run(spec, run), args.task)
         if result is None:
-            print(f"{run.run_id}: task {args.task} done; the last task to finish selects the best point")
+            print(f"{run.run_id}: points done here; other points are being scored by another task or process, "
+                  "and whichever finishes last selects the best point")  # fmt: skip
             continue
         for point in result["points"]:
             values = "  ".join(f"{k} {_format_metric(v)}" for k, v in point["metrics"].items())

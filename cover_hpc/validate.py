@@ -513,11 +513,14 @@ def validate(spec: ExperimentSpec, paths: RunPaths, task: int | None = None) -> 
     mine = [p for k in (range(tasks) if task is None else [task]) for p in assigned(points, k, tasks)]
     for point in mine:
         what = f"validation of {point.name} of run {paths.root.name} in {out.root}"
-        with locks.held(out.lock, what, slot=point.slot):
-            preemption.check()
-            if not (out.point(point.name) / "metrics.json").is_file():
-                log.info("validating %s of run %s", point.name, paths.root.name)
-                score_point(spec, paths, out, point, items, scorers)
+        try:
+            with locks.held(out.lock, what, slot=point.slot):
+                preemption.check()
+                if not (out.point(point.name) / "metrics.json").is_file():
+                    log.info("validating %s of run %s", point.name, paths.root.name)
+                    score_point(spec, paths, out, point, items, scorers)
+        except locks.Busy as busy:  # a second validation at once shares the work instead of failing
+            log.warning("%s; left to it (whichever process scores the last point selects)", busy)
     with locks.held(out.lock, f"the selection of run {paths.root.name}", slot=0, wait_s=600,
                     while_waiting=preemption.check):  # fmt: skip
         records = [_read_json(out.point(p.name) / "metrics.json") for p in points]

@@ -405,3 +405,26 @@ def test_inference_uses_the_selected_snapshot(trained: tuple[ExperimentSpec, Run
     assert np.array_equal(seen["4"], np.asarray(direct.convert("RGB")))  # made with snapshot 4's LoRA
     assert not np.array_equal(seen["4"], seen["final"])
     assert np.array_equal(seen["best"], seen["4" if selection["best"]["step"] == 4 else "final"])
+
+
+def test_two_validations_at_once_share_the_points(trained: tuple[ExperimentSpec, RunPaths]) -> None:
+    """A point held by another process is left to it (no failure, no double work); the process that
+    scores the last point selects."""
+    spec, paths = trained
+    one = dataclasses.replace(spec, validate=dataclasses.replace(spec.validate, num_prompts=1))
+    out = paths.validation(validation_key(one))
+    step4 = 4 + 2  # the lock byte of the point at step 4 (cover_hpc.validate.PointJob.slot)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from cover_hpc import locks\n"
+        f"with locks.held(Path({str(out.lock)!r}), 'x', slot={step4}):\n print('held', flush=True); time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert validate(one, paths) is None  # scored base and final; step 4 is the holder's
+        assert (out.point(f"step-{8:08d}") / "metrics.json").is_file()
+        assert not (out.point(f"step-{4:08d}") / "metrics.json").exists() and not out.result.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    result = validate(one, paths)
+    assert result is not None and [p["step"] for p in result["points"]] == [0, 4, 8]
