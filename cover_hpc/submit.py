@@ -396,11 +396,14 @@ def preflight_problems(runs: Sequence[Run]) -> list[Problem]:
     problems = []
     for run in runs:
         data = run.spec.data
+        # the held-out covers are the prompts, and CMMD's and the held-out loss's reference
+        chooser = run.spec.validate.select_by in ("cmmd", "heldout_loss")
         for key, folder in (("data.train_dir", data.train_dir), ("data.test_dir", data.test_dir)):
-            if key == "data.test_dir" and run.spec.validate.prompts != "test_set":
+            if key == "data.test_dir" and run.spec.validate.prompts != "test_set" and not chooser:
                 continue
             if not Path(folder).is_dir():
-                problems.append(Problem(key, f"folder {folder!r} does not exist (relative to {os.getcwd()})"))
+                why = f" (validate.select_by={run.spec.validate.select_by} is measured on it)" if chooser else ""
+                problems.append(Problem(key, f"folder {folder!r} does not exist (relative to {os.getcwd()}){why}"))
         books = run.spec.infer.books_file
         if books and not Path(books).is_file():
             problems.append(Problem("infer.books_file", f"file {books!r} does not exist"))
