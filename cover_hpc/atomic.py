@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +24,32 @@ def temporary_beside(path: Path) -> tuple[int, str]:
     return handle, temporary
 
 
-def write_text(path: Path, text: str) -> None:
+def write_bytes(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` one after the other into ``path``, whole or not at all (fsynced, then renamed)."""
     handle, temporary = temporary_beside(path)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            for chunk in chunks:
+                stream.write(chunk)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, [text.encode("utf-8")])
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder: so that a rename in it survives a crash)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cover_hpc import atomic
+
 log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
@@ -63,14 +65,6 @@ def _listing(folder: Path) -> dict[str, dict[str, Any]]:
     return {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def publish(root: Path, step: int, progress: Progress, config: dict[str, Any]) -> Path:
     """Rank 0, after every rank finished writing ``temporary_dir``: mark it complete and rename it."""
     staging = temporary_dir(root, step)
@@ -84,7 +78,7 @@ def publish(root: Path, step: int, progress: Progress, config: dict[str, Any]) -
     if final.exists():  # a checkpoint of the same step from an earlier start: replace it
         shutil.rmtree(final)
     os.replace(staging, final)
-    _fsync_dir(root)
+    atomic.fsync_path(root)
     return final
 
 

@@ -171,8 +171,6 @@ def canonical_safetensors(path: Path) -> None:
     resumed run must write the same file as an uninterrupted one, byte for byte; this makes it so.
     The result is an ordinary safetensors file (8-byte header length, JSON header padded to 8 bytes
     with spaces, then the tensors' bytes, little-endian)."""
-    import os
-
     from safetensors import safe_open
 
     from cover_hpc import atomic
@@ -191,19 +189,7 @@ def canonical_safetensors(path: Path) -> None:
         offset += len(data)
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    handle_fd, temporary = atomic.temporary_beside(path)
-    try:
-        with os.fdopen(handle_fd, "wb") as stream:
-            stream.write(len(text).to_bytes(8, "little"))
-            stream.write(text)
-            for blob in blobs:
-                stream.write(blob)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    atomic.write_bytes(path, [len(text).to_bytes(8, "little"), text, *blobs])
 
 
 def adapted_modules(module: torch.nn.Module) -> set[str]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cover_hpc import atomic
 from cover_hpc.config import ValidateConfig
 from cover_hpc.paths import LORA_WEIGHTS, RunPaths
 
@@ -31,14 +32,6 @@ def snapshot_steps(config: ValidateConfig, total_steps: int) -> list[int]:
     if config.every_steps:
         steps.update(range(config.every_steps, total_steps, config.every_steps))
     return sorted(s for s in steps if 0 < s < total_steps)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_snapshot(paths: RunPaths, step: int, parts: dict[str, Any]) -> Path:
@@ -53,8 +46,8 @@ def write_snapshot(paths: RunPaths, step: int, parts: dict[str, Any]) -> Path:
     staging = paths.snapshots / f".tmp-{target.name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     weights = save_lora(staging, parts)
-    _fsync(weights)
-    _fsync(staging)
+    atomic.fsync_path(weights)
+    atomic.fsync_path(staging)
     try:
         os.rename(staging, target)
     except OSError:  # a folder left by an interrupted rename of an older version: replace it
@@ -63,7 +56,7 @@ def write_snapshot(paths: RunPaths, step: int, parts: dict[str, Any]) -> Path:
             return target / LORA_WEIGHTS
         shutil.rmtree(target, ignore_errors=True)
         os.rename(staging, target)
-    _fsync(paths.snapshots)
+    atomic.fsync_path(paths.snapshots)
     return target / LORA_WEIGHTS
 
 
