@@ -189,7 +189,8 @@ def test_time_limits_in_validation_and_inference_requeue_and_resume(
     assert 0 < shard["generated"] < shard["books"] and shard["skipped"] == shard["books"] - shard["generated"]
     logs = cli("logs", str(exp), row["run_id"], "--stage", "validate").stdout
     assert "stopped by SIGUSR2" in logs and "requeueing" in logs
-    assert len(list((run / "validate").glob("*/images/*.png"))) == validation["num_prompts"] == 3  # all the test set
+    images = list((run / "validate").glob("*/points/*/images/*.png"))  # the final LoRA's (no base model here)
+    assert len(images) == validation["num_prompts"] == 3  # all the test set
 
 
 def test_two_submissions_at_once_queue_one_pipeline_and_a_second_training_is_turned_away(
