@@ -5,16 +5,25 @@ generator (the one validation and batch inference use), in the same run, on the 
         [--lora FILE] [--json out.json]
     python benchmarks/infer_latency.py --model tiny --size 128x128 --batches 1,2 --steps 4   # CPU check
 
-plain:  StableDiffusionXLPipeline.from_pretrained(dtype=fp16 on GPU), prompts as strings.
-ours:   cover_hpc.sampling.load_generator: long captions in 77-token chunks, per-image seeds, the
-        UNet compiled with torch.compile (--no-compile to leave it out).
-Both: Euler, --steps steps, guidance 5.0. Each batch is timed --repeat times after one warm-up call
-(which absorbs compilation); reported: the median seconds per image.
+plain:  StableDiffusionXLPipeline.from_pretrained(dtype=fp16 on GPU), prompts as strings: one 77-token
+        window (the prompt fits in it).
+ours:   cover_hpc.sampling.load_generator: captions in 7 chunks of 77 tokens (525 caption tokens, as
+        training encodes them: a 539-token context, more cross-attention work than plain's 77), per-image
+        seeds, the stop check between steps, the UNet compiled with torch.compile (--no-compile to leave
+        it out).
+Both: the model's own scheduler (Euler), --steps steps, guidance 5.0, the same dtype, the same CPU
+thread count (cover-hpc's rule, env.cpu_threads, set before either runs), both pipelines on the
+device at once. Per batch size, each side gets one warm-up call (which absorbs compilation), then
+the two alternate, --repeat calls each, in the order plain-ours, ours-plain, ... so that a change in
+the machine's load falls on both. Reported: seconds per image (wall), and on a CPU cpu_median, the
+median process CPU seconds per image (all threads), which other processes on a shared machine move
+less than the wall time.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -42,12 +51,16 @@ def main() -> None:
     import torch
     from diffusers import StableDiffusionXLPipeline
 
+    from cover_hpc import env
     from cover_hpc.config import ModelConfig
     from cover_hpc.sampling import device_and_dtype, load_generator
 
     height, width = (int(v) for v in args.size.lower().split("x"))
     batches = [int(b) for b in args.batches.split(",")]
     device, dtype = device_and_dtype("auto")
+    if device.type == "cpu":  # the count load_generator gives ours, given to plain too
+        torch.set_num_threads(env.cpu_threads(env.dist_env()))
+    threads = torch.get_num_threads()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -61,43 +74,44 @@ def main() -> None:
         else:
             model = demo_assets(root / "assets")[0] if args.model == "tiny" else Path(args.model)
 
-        def measure(name: str, call: Any) -> None:
-            for batch in batches:
-                call(batch)  # warm-up (and compilation)
-                times = []
-                for _ in range(args.repeat):
-                    sync()
-                    started = time.perf_counter()
-                    call(batch)
-                    sync()
-                    times.append((time.perf_counter() - started) / batch)
-                rows.append({"pipeline": name, "batch": batch, **summary(times)})
-                print(rows[-1], flush=True)
-
         plain = StableDiffusionXLPipeline.from_pretrained(str(model), dtype=dtype).to(device)
         if args.lora:
             plain.load_lora_weights(str(args.lora))
         plain.set_progress_bar_config(disable=True)
+        ours = load_generator(ModelConfig(pretrained=str(model)), args.lora, 525, "auto",
+                              compile_unet=not args.no_compile)  # fmt: skip
+        assert torch.get_num_threads() == threads, "both sides must run on the same thread count"
 
         def run_plain(batch: int) -> None:
             with torch.no_grad():
                 plain([PROMPT] * batch, num_inference_steps=args.steps, guidance_scale=5.0, height=height,
                       width=width, generator=torch.Generator(device).manual_seed(0))  # fmt: skip
 
-        measure("plain diffusers", run_plain)
-        plain.to("cpu")  # free the GPU for the second pipeline
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        ours = load_generator(ModelConfig(pretrained=str(model)), args.lora, 525, "auto",
-                              compile_unet=not args.no_compile)  # fmt: skip
-
         def run_ours(batch: int) -> None:
             ours.generate([PROMPT] * batch, list(range(batch)), args.steps, 5.0, (height, width))
 
-        measure("cover-hpc" + ("" if args.no_compile else " (compiled UNet)"), run_ours)
-    print(f"\n{height}x{width}, {args.steps} Euler steps, guidance 5.0, {dtype}, {device}")
-    print(table(rows, ["pipeline", "batch", "median", "min", "max", "n"]))
-    write_json(args.json, {**info, "rows": rows})
+        sides = {"plain diffusers": run_plain, "cover-hpc" + ("" if args.no_compile else " (compiled UNet)"): run_ours}
+        for batch in batches:
+            times: dict[str, list[float]] = {name: [] for name in sides}
+            cpu_times: dict[str, list[float]] = {name: [] for name in sides}
+            for call in sides.values():
+                call(batch)  # warm-up (and compilation)
+            for repeat in range(args.repeat):
+                for name in list(sides)[:: 1 if repeat % 2 == 0 else -1]:
+                    sync()
+                    started, cpu_started = time.perf_counter(), time.process_time()
+                    sides[name](batch)
+                    sync()
+                    times[name].append((time.perf_counter() - started) / batch)
+                    cpu_times[name].append((time.process_time() - cpu_started) / batch)
+            for name, samples in times.items():
+                rows.append({"pipeline": name, "batch": batch, **summary(samples)})
+                if device.type == "cpu":
+                    rows[-1]["cpu_median"] = statistics.median(cpu_times[name])
+                print(rows[-1], flush=True)
+    print(f"\n{height}x{width}, {args.steps} Euler steps, guidance 5.0, {dtype}, {device}, {threads} threads")
+    print(table(rows, ["pipeline", "batch", "median", "min", "max", "n"] + ["cpu_median"] * (device.type == "cpu")))
+    write_json(args.json, {**info, "threads": threads, "rows": rows})
 
 
 if __name__ == "__main__":
