@@ -96,8 +96,8 @@ class Generator:
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         started = time.perf_counter()
-        # On a CPU a batch is no faster per image than one image at a time, and slower here: the tiny
-        # model's UNet step at 1152x896 takes ~10 % longer per image at batch 4 (cache).
+        # On a CPU one image at a time: a batch was no faster per image (tiny model, 1152x896: the
+        # UNet step and the channels-last decode), and alone an image cannot depend on its batch.
         step = 1 if self.device.type == "cpu" else max(1, len(prompts))
         images: list[Any] = []
         # inference mode, not only no_grad: no autograd bookkeeping (version counters) on any tensor
