@@ -150,13 +150,27 @@ def _infer_shard(spec: ExperimentSpec, paths: RunPaths, out: InferencePaths, sha
     return result
 
 
+def selection_of(spec: ExperimentSpec, paths: RunPaths) -> Path:
+    """The ``selection.json`` that ``infer.checkpoint: best`` reads. With ``infer.typeset`` on,
+    validation also scores finished covers, in a folder of its own; no ``select_by`` metric reads
+    them, so the choice of a validation without typesetting is the same choice and is used when the
+    typeset one has not been made (typesetting turned on after validating needs no new validation)."""
+    import dataclasses
+
+    from cover_hpc.runs import validation_key
+
+    own = paths.validation(validation_key(spec)).selection
+    if own.is_file() or not spec.infer.typeset:
+        return own
+    plain = dataclasses.replace(spec, infer=dataclasses.replace(spec.infer, typeset=False))
+    other = paths.validation(validation_key(plain)).selection
+    return other if other.is_file() else own
+
+
 def checkpoint_of(spec: ExperimentSpec, paths: RunPaths, out: InferencePaths) -> Point:
     """The LoRA that ``infer.checkpoint`` names, recorded in ``checkpoint.json`` by the first shard: a
     folder's covers all come from one LoRA, and a later start that resolves another one stops."""
-    from cover_hpc.runs import validation_key
-
-    selection = paths.validation(validation_key(spec)).selection
-    point = resolve_checkpoint(paths, spec.infer.checkpoint, selection)
+    point = resolve_checkpoint(paths, spec.infer.checkpoint, selection_of(spec, paths))
     record = {"checkpoint": spec.infer.checkpoint, "step": point.step, "final": point.final,
               "weights": str(point.weights)}  # fmt: skip
     path = out.root / "checkpoint.json"
