@@ -59,6 +59,15 @@ system-deps:
 			echo "missing libGL.so.1, which opencv-python (OCR) needs; install Debian's libgl1 (as root: apt-get install libgl1)"; exit 1; \
 		fi; \
 	fi
+	@# tesseract with its Latin-script model: the second reader of typeset covers (cover_hpc.ocr.load_second_reader).
+	@if ! { command -v tesseract >/dev/null && tesseract --list-langs 2>&1 | grep -qx Latin; }; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing Debian's tesseract-ocr and tesseract-ocr-script-latn (second OCR reader)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tesseract-ocr tesseract-ocr-script-latn >/dev/null; \
+		else \
+			echo "missing tesseract's Latin data (as root: apt-get install tesseract-ocr tesseract-ocr-script-latn)"; exit 1; \
+		fi; \
+	fi
 	@# The fonts covers are typeset in (cover_hpc/typeset.py): DejaVu, Liberation, URW base35 and
 	@# WenQuanYi Micro Hei for CJK, 33 MB installed (fonts-noto-cjk alone is 91 MB). Checked where dpkg is.
 	@fonts=""; if command -v dpkg-query >/dev/null; then for package in $(FONT_PACKAGES); do \

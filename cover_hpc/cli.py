@@ -354,7 +354,8 @@ def cmd_typeset(args: argparse.Namespace) -> int:
         from cover_hpc.ocr import OcrUnavailable
 
         try:
-            record["ocr"] = read_back(result, args.ocr_engine)
+            second = None if args.ocr_second == "none" else "auto"
+            record["ocr"] = read_back(result, args.ocr_engine, second=second)
         except OcrUnavailable as error:
             print(f"cover-hpc: {error}", file=sys.stderr)
             return 1
@@ -604,6 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     typeset.add_argument("-o", "--out", type=Path, required=True, help="the finished cover (PNG, JPEG...)")
     typeset.add_argument("--verify", action="store_true", help="read the text back with OCR and report it")
     typeset.add_argument("--ocr-engine", default="auto", help="OCR engine for --verify (default auto)")
+    typeset.add_argument("--ocr-second", choices=("auto", "none"), default="auto",
+                         help="--verify: a line the first engine misses is read again by tesseract's Latin "
+                         "model (auto, the default; needs tesseract-ocr-script-latn), or not (none)")  # fmt: skip
     typeset.set_defaults(func=cmd_typeset)
 
     demo = commands.add_parser(

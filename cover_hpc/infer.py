@@ -218,6 +218,7 @@ class Finisher:
         self.out = out
         out.art.mkdir(parents=True, exist_ok=True)
         self.reader = ocr.load_ocr("auto") if config.typeset_verify else None
+        self.second = ocr.load_second_reader() if config.typeset_verify else None  # lines the first misses
 
     def finish(self, book: Book, art: Any) -> dict[str, Any]:
         """Manifest fields of one book: its art, and its finished cover with the layout, or the error."""
@@ -236,7 +237,7 @@ class Finisher:
         fields |= {"image": f"images/{name}", "layout": result.layout.to_dict(),
                    "contrast": round(result.layout.contrast, 3)}  # fmt: skip
         if self.reader is not None:
-            fields["ocr"] = typeset.read_back(result, self.reader)
+            fields["ocr"] = typeset.read_back(result, self.reader, second=self.second)
         return fields
 
 

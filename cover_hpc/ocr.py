@@ -158,17 +158,30 @@ class RapidOcr:
 
 
 class TesseractOcr:
-    """Debian's tesseract (LSTM, English data) run as a program; ``--psm 11`` (sparse text) finds
-    titles anywhere on a cover, which the automatic page layout misses over busy backgrounds."""
+    """Debian's tesseract (LSTM) run as a program, with English data by default; ``--psm 11`` (sparse
+    text) finds titles anywhere on a cover, which the automatic page layout misses over busy
+    backgrounds. ``languages``: tesseract's ``-l`` (``Latin``: the Latin-script model, every Latin
+    letter: Ł, Ø, Æ, ß, ñ...)."""
 
     name = "tesseract"
 
-    def __init__(self, threads: int | None = None, psm: int = 11) -> None:
+    def __init__(self, threads: int | None = None, psm: int = 11, languages: str = "eng") -> None:
+        self._languages = languages
         self._program = shutil.which("tesseract")
+        package = _TESSERACT_PACKAGES.get(languages, f"tesseract-ocr-{languages.lower()}")
         if self._program is None:
             raise OcrUnavailable(
                 "OCR engine 'tesseract' needs the tesseract program, not found on PATH; install Debian's "
-                "tesseract-ocr and tesseract-ocr-eng (as root: apt-get install tesseract-ocr tesseract-ocr-eng)"
+                f"tesseract-ocr and {package} (as root: apt-get install tesseract-ocr {package}; make "
+                "system-deps does it)"
+            )
+        listed = subprocess.run([self._program, "--list-langs"], capture_output=True, text=True, check=False)
+        have = {line.strip() for line in (listed.stdout + listed.stderr).splitlines()[1:]}
+        missing = [name for name in languages.split("+") if name not in have]
+        if missing:
+            raise OcrUnavailable(
+                f"tesseract has no data for {'+'.join(missing)} (it has: {', '.join(sorted(have)) or 'none'}); "
+                f"install Debian's {package} (as root: apt-get install {package}; make system-deps does it)"
             )
         self._psm = psm
         self._env = {**os.environ, "OMP_THREAD_LIMIT": str(threads or 1)}
@@ -184,12 +197,25 @@ class TesseractOcr:
         png = io.BytesIO()
         image.convert("RGB").save(png, format="PNG", compress_level=1)
         result = subprocess.run(
-            [str(self._program), "stdin", "stdout", "-l", "eng", "--psm", str(psm)],
+            [str(self._program), "stdin", "stdout", "-l", self._languages, "--psm", str(psm)],
             input=png.getvalue(), capture_output=True, env=self._env, timeout=120, check=False,
         )  # fmt: skip
         if result.returncode != 0:
             raise RuntimeError(f"tesseract failed ({result.returncode}): {result.stderr.decode(errors='replace')}")
         return " ".join(result.stdout.decode("utf-8", errors="replace").split())
+
+
+#: The Debian package of each tesseract language data used here.
+_TESSERACT_PACKAGES = {"eng": "tesseract-ocr-eng", "Latin": "tesseract-ocr-script-latn"}
+
+
+def load_second_reader(threads: int | None = None) -> LineReader:
+    """The reader a typeset line goes to when the first one (rapidocr) did not read it exactly:
+    tesseract's Latin-script model, which has the letters PP-OCRv4's recogniser lacks (Ł, Ø, Æ, Œ, ß,
+    ñ, ö...) and keeps the word spaces it drops beside figures and in capitals. A different model from
+    another family, so the two rarely miss the same line (``cover_hpc.typeset.read_back``). Raises
+    OcrUnavailable, naming the Debian packages, when tesseract or its Latin data is missing."""
+    return TesseractOcr(threads, languages="Latin")
 
 
 def load_ocr(engine: str = "auto", threads: int | None = None) -> OcrEngine:

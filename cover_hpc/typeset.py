@@ -859,7 +859,7 @@ def line_crops(result: TypesetResult, block: TextBlock, above: float = READ_ABOV
     return crops
 
 
-def read_back(result: TypesetResult, engine: Any = "auto", *,
+def read_back(result: TypesetResult, engine: Any = "auto", *, second: Any = "auto",
               frame: tuple[float, float, float] = (READ_ABOVE, READ_BELOW, READ_SIDE)) -> dict[str, Any]:  # fmt: skip
     """OCR each typeset text from the finished cover: what was read, its similarity, exact match.
 
@@ -868,18 +868,45 @@ def read_back(result: TypesetResult, engine: Any = "auto", *,
     batch per text) and the lines joined by spaces; the title is compared with the title alone. ``frame``:
     the crop's reach above and below the baseline and to the sides, in em (calibration). An engine without
     ``read_lines`` reads each text from :func:`text_crop`, finding its lines itself.
+
+    ``second``: a second reader for each line the first did not read exactly (what each line should
+    say is known from the layout): ``"auto"`` loads :func:`cover_hpc.ocr.load_second_reader`, None
+    reads with the first engine alone. A line counts as read when either reader reads it exactly;
+    otherwise the first engine's reading stands. So a cover fails the check only when neither of two
+    recognisers of different families reads one of its lines: a glyph missing, clipped or lost in
+    its background fails both, a letter one recogniser has no class for fails only that one. Per
+    text: ``read`` (the readings used), ``similarity``, ``exact``, ``first`` (the first engine's
+    reading and whether it alone was exact) and ``readers`` (whose reading each line used).
     """
     from cover_hpc import ocr
 
     reader = ocr.load_ocr(engine) if isinstance(engine, str) else engine
     read_lines = getattr(reader, "read_lines", None)
-    record: dict[str, Any] = {"engine": reader.name}
+    if isinstance(second, str):
+        second = ocr.load_second_reader() if second == "auto" else ocr.load_ocr(second)
+    if second is not None and (read_lines is None or second.name == reader.name):
+        second = None  # nothing to confirm line by line, or the same recogniser again
+    record: dict[str, Any] = {"engine": reader.name, "second": second.name if second is not None else None}
     for block in (result.layout.title, result.layout.author):
-        if block is not None:
-            if read_lines is not None:
-                read = " ".join(read_lines(line_crops(result, block, *frame)))
-            else:
-                read = reader.read(text_crop(result, block))
-            similarity = round(ocr.title_similarity(block.text, read), 4)
-            record[block.role] = {"read": read, "similarity": similarity, "exact": ocr.exact_match(block.text, read)}
+        if block is None:
+            continue
+        if read_lines is None:
+            read = reader.read(text_crop(result, block))
+            first, readers = read, [reader.name]
+        else:
+            crops = line_crops(result, block, *frame)
+            lines = list(read_lines(crops))
+            first, readers = " ".join(lines), [reader.name] * len(lines)
+            if second is not None:
+                for index, (expected, got) in enumerate(zip(block.lines, lines, strict=True)):
+                    if ocr.exact_match(expected, got):
+                        continue
+                    (again,) = second.read_lines([crops[index]])
+                    if ocr.exact_match(expected, again):
+                        lines[index], readers[index] = again, second.name
+            read = " ".join(lines)
+        similarity = round(ocr.title_similarity(block.text, read), 4)
+        record[block.role] = {"read": read, "similarity": similarity, "exact": ocr.exact_match(block.text, read),
+                              "first": {"read": first, "exact": ocr.exact_match(block.text, first)},
+                              "readers": readers}  # fmt: skip
     return record

@@ -323,6 +323,7 @@ class Scorers:
         self.spec, self.out, self.examples = spec, out, examples
         self._clip: Any = None
         self._ocr: Any = None
+        self._second: Any = None
         self._real: Any = None
 
     @property
@@ -339,6 +340,15 @@ class Scorers:
 
             self._ocr = load_ocr("auto", env.cpu_threads(env.dist_env()))
         return self._ocr
+
+    @property
+    def second_reader(self) -> Any:
+        """The reader of the finished covers' lines the first engine misses (typeset.read_back)."""
+        if self._second is None:
+            from cover_hpc.ocr import load_second_reader
+
+            self._second = load_second_reader()
+        return self._second
 
     def real_embeddings(self) -> Any:
         """CLIP embeddings of the held-out real covers (None without any)."""
@@ -422,10 +432,10 @@ class Scorers:
                               "contrast": result.layout.contrast})  # fmt: skip
         reads = {}
         for item, result in done:  # the layout is known: each line of the title is read where it was set
-            reads[item.index] = typeset.read_back(result, self.ocr)["title"]
+            reads[item.index] = typeset.read_back(result, self.ocr, second=self.second_reader)["title"]
         for row in per_image:
             if row["index"] in reads:
-                row |= {k: reads[row["index"]][k] for k in ("read", "similarity", "exact")}
+                row |= {k: reads[row["index"]][k] for k in ("read", "similarity", "exact", "readers")}
         contrasts = [r.layout.contrast for _, r in done]
         return {
             "covers": len(done), "not_set": len(per_image) - len(done),

@@ -339,8 +339,9 @@ def test_command_verify_reads_the_cover_back(tmp_path: Path) -> None:
                        "--verify")  # fmt: skip
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)["ocr"]
-    assert record["title"] == {"read": "Orchard Lanterns", "similarity": 1.0, "exact": True}
-    assert record["author"]["exact"]
+    assert {k: record["title"][k] for k in ("read", "similarity", "exact")} == {
+        "read": "Orchard Lanterns", "similarity": 1.0, "exact": True}  # fmt: skip
+    assert record["author"]["exact"] and record["second"] == "tesseract"
 
 
 def test_ocr_reads_typeset_titles_back_exactly_on_busy_images() -> None:
@@ -354,9 +355,54 @@ def test_ocr_reads_typeset_titles_back_exactly_on_busy_images() -> None:
               "WINTER FIRE A MACHINE MEMORY CLOCKWORK 42 SEÑOR"]  # fmt: skip
     for art, title in zip(arts, titles, strict=True):
         image = art if isinstance(art, Image.Image) else Image.fromarray(art)
-        record = ts.read_back(ts.typeset(image, title, author="Rosa Reyes", genres=["romance"]), engine)
+        record = ts.read_back(ts.typeset(image, title, author="Rosa Reyes", genres=["romance"]), engine, second=None)
         assert record["title"]["exact"] and record["author"]["exact"], (title, record)
+        assert set(record["title"]["readers"]) == {"rapidocr"} and record["second"] is None
     assert len(record["title"]["read"].split()) == 8  # every space read, none taken from the layout
+
+
+def second_reader() -> object:
+    ocr = pytest.importorskip("cover_hpc.ocr")
+    try:
+        return ocr.load_second_reader()
+    except ocr.OcrUnavailable as error:
+        pytest.skip(str(error))
+
+
+def test_a_line_the_first_reader_misses_is_read_again_and_a_line_neither_reads_fails() -> None:
+    """PP-OCRv4's recogniser has no ß or Œ (it reads StraBe Euvre); tesseract's Latin model reads them.
+    A line is confirmed by either reader; a line gone from the cover is read by neither, so the check
+    still fails it and keeps the first reader's reading."""
+    from PIL import ImageDraw
+
+    engine, second = ocr_engine(), second_reader()
+    art = Image.new("RGB", (896, 1152), (90, 120, 150))
+    result = ts.typeset(art, "Straße Œuvre", author="Zoë Brontë", genres=["thriller"])
+    assert result.layout.title.lines == ("Straße", "Œuvre")
+    alone = ts.read_back(result, engine, second=None)["title"]
+    assert not alone["exact"] and alone["readers"] == ["rapidocr", "rapidocr"]
+    record = ts.read_back(result, engine, second=second)
+    assert record["second"] == "tesseract" and record["author"]["exact"]
+    title = record["title"]
+    assert title["exact"] and title["read"] == "Straße Œuvre" and title["readers"] == ["tesseract", "tesseract"]
+    assert title["first"] == {"read": alone["read"], "exact": False}
+    wiped = result.image.copy()
+    ImageDraw.Draw(wiped).rectangle(result.layout.title.line_boxes[0], fill=(90, 120, 150))
+    title = ts.read_back(ts.TypesetResult(wiped, result.layout), engine, second=second)["title"]
+    assert not title["exact"] and title["similarity"] < 0.7 and title["readers"][0] == "rapidocr"
+
+
+def test_a_missing_second_reader_is_named_with_its_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from cover_hpc import ocr
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no tesseract on it
+    with pytest.raises(ocr.OcrUnavailable, match="tesseract-ocr-script-latn"):
+        ocr.load_second_reader()
+    fake = tmp_path / "tesseract"  # a tesseract without the Latin data
+    fake.write_text('#!/bin/sh\necho "List of available languages in /x (2):"; echo eng; echo osd\n')
+    fake.chmod(0o755)
+    with pytest.raises(ocr.OcrUnavailable, match=r"no data for Latin \(it has: eng, osd\).*tesseract-ocr-script-latn"):
+        ocr.load_second_reader()
 
 
 def test_each_line_is_cropped_at_one_scale_around_its_baseline() -> None:
@@ -393,6 +439,9 @@ def test_read_back_gives_an_engine_without_read_lines_the_square_crop() -> None:
     engine = LineBlindEngine()
     result = ts.typeset(Image.fromarray(noise(17)), "Orchard Lanterns", author="Ada Stone")
     record = ts.read_back(result, engine)
-    assert record == {"engine": "line-blind", "title": {"read": "Orchard Lanterns", "similarity": 1.0, "exact": True},
-                      "author": {"read": "Ada Stone", "similarity": 1.0, "exact": True}}  # fmt: skip
+    first = {"first": {"read": "Orchard Lanterns", "exact": True}, "readers": ["line-blind"]}
+    assert record == {"engine": "line-blind", "second": None,
+                      "title": {"read": "Orchard Lanterns", "similarity": 1.0, "exact": True, **first},
+                      "author": {"read": "Ada Stone", "similarity": 1.0, "exact": True,
+                                 "first": {"read": "Ada Stone", "exact": True}, "readers": ["line-blind"]}}  # fmt: skip
     assert [width == height for width, height in engine.sizes] == [True, True]
