@@ -20,6 +20,7 @@ and the check of typeset covers.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import shutil
@@ -175,8 +176,7 @@ class TesseractOcr:
                 f"tesseract-ocr and {package} (as root: apt-get install tesseract-ocr {package}; make "
                 "system-deps does it)"
             )
-        listed = subprocess.run([self._program, "--list-langs"], capture_output=True, text=True, check=False)
-        have = {line.strip() for line in (listed.stdout + listed.stderr).splitlines()[1:]}
+        have = _tesseract_languages(self._program)
         missing = [name for name in languages.split("+") if name not in have]
         if missing:
             raise OcrUnavailable(
@@ -203,6 +203,13 @@ class TesseractOcr:
         if result.returncode != 0:
             raise RuntimeError(f"tesseract failed ({result.returncode}): {result.stderr.decode(errors='replace')}")
         return " ".join(result.stdout.decode("utf-8", errors="replace").split())
+
+
+@functools.lru_cache(maxsize=4)
+def _tesseract_languages(program: str) -> frozenset[str]:
+    """The language data this tesseract has (``--list-langs``), asked once per program."""
+    listed = subprocess.run([program, "--list-langs"], capture_output=True, text=True, check=False)
+    return frozenset(line.strip() for line in (listed.stdout + listed.stderr).splitlines()[1:] if line.strip())
 
 
 #: The Debian package of each tesseract language data used here.
