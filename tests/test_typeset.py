@@ -405,6 +405,22 @@ def test_a_missing_second_reader_is_named_with_its_package(monkeypatch: pytest.M
         ocr.load_second_reader()
 
 
+def test_a_stop_signal_to_the_job_does_not_fail_a_line_tesseract_is_reading(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SLURM sends USR2 and TERM to every process of the step: a tesseract reading a line when one
+    comes finishes the line (the job stops between covers) instead of dying and failing the cover."""
+    from cover_hpc import ocr
+
+    fake = tmp_path / "tesseract"  # signals itself as SLURM would, then answers
+    fake.write_text('#!/bin/sh\nif [ "$1" = --list-langs ]; then echo "Languages (1):"; echo Latin; exit 0; fi\n'
+                    'kill -USR2 $$; kill -TERM $$; cat >/dev/null; echo "Straße Œuvre"\n')  # fmt: skip
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    reader = ocr.load_second_reader()
+    assert reader.read_lines([Image.new("RGB", (40, 20))]) == ["Straße Œuvre"]
+
+
 def test_each_line_is_cropped_at_one_scale_around_its_baseline() -> None:
     result = ts.typeset(Image.fromarray(noise(16)), "THE LAST MAP OF THE FORGOTTEN KINGDOM AND ITS QUEEN Ångström")
     block = result.layout.title
