@@ -54,6 +54,12 @@ class TypesetError(ValueError):
 class TextDoesNotFit(TypesetError):
     def __init__(self, role: str, text: str, needed: float, minimum: int, lines: int) -> None:
         self.role, self.text, self.needed, self.minimum = role, text, needed, minimum
+        if needed < 1:  # an image so small that the margins leave no room at all
+            super().__init__(
+                f"the {role} {text!r} does not fit: the image leaves no room inside its margins for text of the "
+                f"minimum legible size of {minimum} px; use a larger image"
+            )
+            return
         super().__init__(
             f"the {role} {text!r} does not fit: in at most {lines} lines inside the margins it would have to be "
             f"set at {needed:.0f} px, below the minimum legible size of {minimum} px; shorten it or use a "
@@ -814,9 +820,12 @@ def typeset_file(source: str | Path, out: str | Path, *, title: str, author: str
     """Read ``source``, typeset, and write ``out`` whole (nothing is written when a TypesetError is raised)."""
     from cover_hpc.atomic import save_image
 
-    with Image.open(source) as image:
-        image.load()
-        result = typeset(image, title, author=author, genres=genres, font=font, options=options)
+    try:
+        with Image.open(source) as image:
+            image.load()
+            result = typeset(image, title, author=author, genres=genres, font=font, options=options)
+    except Image.DecompressionBombError as error:  # Pillow's guard against a small file of huge pixels
+        raise TypesetError(f"{error} (a cover is typically under 2 MP); resize the image first") from None
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     save_image(result.image, Path(out))
     return result

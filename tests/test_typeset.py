@@ -318,6 +318,11 @@ def test_command_errors_are_one_line_and_write_nothing(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr and not out.exists()
     result = cover_hpc("typeset", str(tmp_path / "missing.png"), "--title", "x", "-o", str(out))
     assert result.returncode == 1 and "Traceback" not in result.stderr
+    bomb = tmp_path / "bomb.png"  # 200 megapixels in a small file: Pillow's decompression-bomb guard
+    Image.new("1", (20_000, 10_000)).save(bomb)
+    result = cover_hpc("typeset", str(bomb), "--title", "x", "-o", str(out))
+    assert result.returncode == 1 and "decompression bomb" in result.stderr and "resize the image" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
 
 
 # ------------------------------------------------------------------------------------------------ OCR
