@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.cover-hpc-installed
 
-.PHONY: venv system-deps demo test lint format typecheck unit clean-demo
+.PHONY: venv system-deps runtime-deps demo test lint format typecheck unit clean-demo
 
 # The virtual environment: created or reused, reinstalled when a requirements file changes.
 # torch 2.13.0 resolves to the local CPU wheel where one is offered (pip's find-links) and to the
@@ -35,11 +35,13 @@ $(COMFY_STAMP): requirements-comfy.txt $(STAMP)
 
 comfy-deps: $(COMFY_STAMP)
 
-# Debian packages the tests use: headless Chromium for the report test, and libGL for the OCR
-# engine. Installed when missing and we are root (CI, a fresh dev machine); otherwise say what to install.
+# Debian packages, installed when missing and we are root (CI, a fresh dev machine); otherwise say
+# what to install. runtime-deps: what a pipeline uses (libGL for the OCR engine, tesseract's Latin
+# data for the second OCR reader, the typesetting fonts); make demo needs them. system-deps: those
+# and headless Chromium, which only the report test uses.
 SYSTEM_TOOLS := chromium chromedriver
 FONT_PACKAGES := fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-urw-base35 fonts-wqy-microhei
-system-deps:
+system-deps: runtime-deps
 	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -49,6 +51,8 @@ system-deps:
 			echo "missing:$$missing; install Debian's chromium and chromium-driver (as root: apt-get install chromium chromium-driver)"; exit 1; \
 		fi; \
 	fi
+
+runtime-deps:
 	@# The OCR engine's image library (opencv-python, pulled in by rapidocr-onnxruntime) links
 	@# libGL.so.1, which a minimal Debian lacks: Debian's libgl1 brings it (and libX11).
 	@if ! $(PYTHON) -c "import ctypes.util, sys; sys.exit(ctypes.util.find_library('GL') is None)"; then \
@@ -83,7 +87,7 @@ system-deps:
 	fi
 
 # The main job on the built-in defaults: tiny model + demo covers + configs/demo.yaml.
-demo: $(STAMP)
+demo: $(STAMP) runtime-deps
 	$(BIN)/cover-hpc demo
 
 test: lint typecheck unit
