@@ -170,7 +170,7 @@ def selection_of(spec: ExperimentSpec, paths: RunPaths) -> Path:
 def checkpoint_of(spec: ExperimentSpec, paths: RunPaths, out: InferencePaths) -> Point:
     """The LoRA that ``infer.checkpoint`` names, recorded in ``checkpoint.json`` by the first shard: a
     folder's covers all come from one LoRA, and a later start that resolves another one stops."""
-    point = resolve_checkpoint(paths, spec.infer.checkpoint, selection_of(spec, paths))
+    point = resolve_checkpoint(paths, spec.infer.checkpoint, selection_of(spec, paths), spec.validate.select_by)
     record = {"checkpoint": spec.infer.checkpoint, "step": point.step, "final": point.final,
               "weights": str(point.weights)}  # fmt: skip
     path = out.root / "checkpoint.json"

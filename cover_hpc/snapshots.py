@@ -117,10 +117,11 @@ def parse_checkpoint(value: str) -> str | int:
     raise ValueError(f"{value!r} is not best, final or a step number")
 
 
-def resolve_checkpoint(paths: RunPaths, choice: str, selection: Path | None) -> Point:
+def resolve_checkpoint(paths: RunPaths, choice: str, selection: Path | None, select_by: str | None = None) -> Point:
     """The LoRA that ``infer.checkpoint`` names for this run. ``best`` reads ``selection`` (the
-    selection.json of the validation with the run's settings); a run without snapshots has one
-    LoRA, which is then the best without a validation."""
+    selection.json of the validation with the run's settings), which must have chosen by
+    ``select_by`` when that is given; a run without snapshots has one LoRA, which is then the best
+    without a validation."""
     wanted = parse_checkpoint(choice)
     points = lora_points(paths)
     final = next((p for p in points if p.final), None)
@@ -140,8 +141,20 @@ def resolve_checkpoint(paths: RunPaths, choice: str, selection: Path | None) -> 
             )
         return found
     if selection is not None and selection.is_file():
-        data = json.loads(selection.read_text())
-        step = int(data["best"]["step"])
+        try:
+            data = json.loads(selection.read_text())
+            step, chosen_by = int(data["best"]["step"]), data.get("select_by")
+        except (ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(
+                f"{selection} is not a selection cover-hpc wrote ({type(error).__name__}: {error}); delete it and "
+                "validate again (cover-hpc validate re-selects from the scores on disk)"
+            ) from None
+        if select_by is not None and chosen_by is not None and chosen_by != select_by:
+            raise CheckpointError(
+                f"{selection} chose by {chosen_by}, but validate.select_by is {select_by}; validate again to "
+                f"re-select by {select_by} (cover-hpc validate: nothing is scored again), or set "
+                f"validate.select_by={chosen_by}"
+            )
         found = next((p for p in points if p.step == step), None)
         if found is None:
             raise CheckpointError(f"{selection} chose step {step}, which run {paths.root.name} no longer has")

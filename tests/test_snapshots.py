@@ -86,8 +86,16 @@ def test_checkpoint_choice_resolves_to_a_file_or_says_what_exists(tmp_path: Path
     selection = tmp_path / "selection.json"
     with pytest.raises(CheckpointError, match="no selection yet"):
         resolve_checkpoint(paths, "best", selection)
-    selection.write_text(json.dumps({"best": {"step": 4}}))
+    selection.write_text(json.dumps({"best": {"step": 4}, "select_by": "cmmd"}))
     assert resolve_checkpoint(paths, "best", selection).step == 4
+    assert resolve_checkpoint(paths, "best", selection, "cmmd").step == 4
+    with pytest.raises(CheckpointError, match=r"chose by cmmd, but validate\.select_by is clip_score; validate again"):
+        resolve_checkpoint(paths, "best", selection, "clip_score")  # changed since: not the old choice, silently
+    for broken in ('{"best": {"step": 4', '{"best": null}', "[]"):
+        selection.write_text(broken)
+        with pytest.raises(CheckpointError, match=r"is not a selection cover-hpc wrote.*delete it and validate again"):
+            resolve_checkpoint(paths, "best", selection)
+    selection.write_text(json.dumps({"best": {"step": 4}}))
     only_final = fake_run(tmp_path / "plain", [], 12)
     assert resolve_checkpoint(only_final, "best", selection.with_name("none.json")).final  # one LoRA: the best
     with pytest.raises(ValueError, match="not best, final or a step number"):
