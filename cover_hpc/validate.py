@@ -431,7 +431,8 @@ class Scorers:
             per_image.append({"index": item.index, "title": item.title, "image": f"finished/{item.file_name}",
                               "contrast": result.layout.contrast})  # fmt: skip
         reads = {}
-        for item, result in done:  # the layout is known: each line of the title is read where it was set
+        for item, result in done if self.spec.validate.ocr else ():  # validate.ocr off: contrast only
+            # the layout is known: each line of the title is read where it was set
             reads[item.index] = typeset.read_back(result, self.ocr, second=self.second_reader)["title"]
         for row in per_image:
             if row["index"] in reads:

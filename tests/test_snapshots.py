@@ -193,3 +193,11 @@ def test_validation_scores_finished_covers_beside_the_raw_art(tmp_path: Path, de
     assert first["similarity"] >= 0.9 and finished["ocr_similarity"] == first["similarity"]
     assert "U+13000" in missing["error"] and "image" not in missing
     assert finished["contrast_min"] == first["contrast"]
+    assert first["readers"] and set(first["readers"]) <= {"rapidocr", "tesseract"}
+    # validate.ocr off: the finished covers are made and their contrast measured, but nothing is read
+    import dataclasses
+
+    no_ocr = dataclasses.replace(spec, validate=dataclasses.replace(spec.validate, ocr=False))
+    quiet = Scorers(no_ocr, ValidationPaths(tmp_path / "w"), []).finished(items, arts, tmp_path / "quiet")
+    assert (quiet["covers"], quiet["ocr_similarity"], quiet["ocr_exact"]) == (1, None, None)
+    assert quiet["contrast_min"] == finished["contrast_min"] and "read" not in quiet["per_image"][0]
