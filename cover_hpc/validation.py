@@ -142,6 +142,29 @@ def count_books(path: Path) -> int:
         return sum(1 for line in handle if line.strip().removeprefix(b"\xef\xbb\xbf").strip())
 
 
+def _step_problems(spec: ExperimentSpec) -> list[Problem]:
+    """Snapshot steps and a chosen step that training never reaches (when train.max_steps says
+    where it ends): no snapshot would ever be written there."""
+    from cover_hpc.snapshots import parse_checkpoint
+
+    last = spec.train.max_steps
+    if last is None:
+        return []
+    problems = []
+    late = [step for step in spec.validate.at_steps if step > last]
+    if late:
+        problems.append(Problem("validate.at_steps", f"got {list(spec.validate.at_steps)}; step {late[0]} is after "
+                                f"train.max_steps ({last}), so no snapshot would be written there."))  # fmt: skip
+    try:
+        chosen = parse_checkpoint(spec.infer.checkpoint)
+    except ValueError:
+        return problems  # reported by its own rule
+    if isinstance(chosen, int) and chosen > last:
+        problems.append(Problem("infer.checkpoint", f"got {chosen}; training ends at train.max_steps ({last}), so "
+                                "no LoRA has that step; use best, final or a snapshot step."))  # fmt: skip
+    return problems
+
+
 def value_problems(spec: ExperimentSpec) -> list[Problem]:
     """Range and cross-field problems of one resolved spec (no line numbers yet)."""
     problems: list[Problem] = []
@@ -179,6 +202,14 @@ def value_problems(spec: ExperimentSpec) -> list[Problem]:
     if validate.select_by in needs and not needs[validate.select_by][0]:
         problems.append(Problem("validate.select_by", f"got {validate.select_by!r}, a metric that is switched off; "
                                 f"set {needs[validate.select_by][1]} or choose another metric."))  # fmt: skip
+    problems += _step_problems(spec)
+    if spec.infer.typeset and spec.infer.typeset_font:
+        from cover_hpc.typeset import TypesetError, font_set
+
+        try:  # a role or a readable font file: found here, not when the first cover is typeset
+            font_set(font=spec.infer.typeset_font)
+        except TypesetError as error:
+            problems.append(Problem("infer.typeset_font", f"{error}; use serif, sans, display or a .ttf/.otf file."))
     books = spec.infer.books_file
     if books and Path(books).is_file():
         count = count_books(Path(books))

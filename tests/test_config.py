@@ -447,3 +447,22 @@ def test_the_warning_must_leave_time_for_work_as_slurm_may_send_it_early() -> No
     ):
         load_spec(None, ["slurm.time_min=1", "slurm.signal_lead_s=30"])
     load_spec(None, ["slurm.time_min=2", "slurm.signal_lead_s=30"])
+
+
+def test_steps_training_never_reaches_and_unknown_fonts_are_refused_at_plan(tmp_path: Path) -> None:
+    """Found on the login node, not after training: a snapshot or chosen step beyond train.max_steps
+    never exists, and a typeset font that is neither a role nor a readable file fails every cover."""
+    path = write(tmp_path, "train:\n  max_steps: 40\nvalidate:\n  at_steps: [10, 99]\n"
+                           "infer:\n  checkpoint: 120\n  typeset: true\n  typeset_font: comic\n")  # fmt: skip
+    text = problems_of(path)
+    assert "line 4: validate.at_steps: got [10, 99]; step 99 is after train.max_steps (40)" in text
+    assert "line 6: infer.checkpoint: got 120; training ends at train.max_steps (40)" in text
+    assert "line 8: infer.typeset_font: font 'comic': not a role (serif, sans, display)" in text
+    not_a_font = tmp_path / "font.ttf"
+    not_a_font.write_text("not a font")
+    overrides = (f"infer.typeset_font={not_a_font}", "infer.checkpoint=best", "validate.at_steps=[10]")
+    assert "not a font file that can be read" in problems_of(path, overrides)
+    fine = load_spec(path, ("infer.typeset_font=sans", "infer.checkpoint=40", "validate.at_steps=[10, 40]"))
+    assert (fine.infer.typeset_font, fine.infer.checkpoint, fine.validate.at_steps) == ("sans", "40", (10, 40))
+    unused = load_spec(path, ("infer.typeset=false", "infer.checkpoint=final", "validate.at_steps=[10]"))
+    assert unused.infer.typeset_font == "comic"  # read only when covers are typeset
