@@ -340,6 +340,16 @@ def cmd_typeset(args: argparse.Namespace) -> int:
     from cover_hpc.typeset import TypesetError, read_back, typeset_file
 
     genres = [genre.strip() for value in args.genres or () for genre in value.split(",") if genre.strip()]
+    readers: tuple[Any, Any] | None = None
+    if args.verify:  # the OCR engines first: a missing one writes no cover
+        from cover_hpc import ocr
+
+        try:
+            readers = (ocr.load_ocr(args.ocr_engine),
+                       None if args.ocr_second == "none" else ocr.load_second_reader())  # fmt: skip
+        except (ocr.OcrUnavailable, ValueError) as error:
+            print(f"cover-hpc: --verify: {error}; no cover written", file=sys.stderr)
+            return 1
     try:
         result = typeset_file(args.image, args.out, title=args.title, author=args.author, genres=genres, font=args.font)
     except TypesetError as error:
@@ -350,15 +360,8 @@ def cmd_typeset(args: argparse.Namespace) -> int:
         return 1
     record = {"output": str(args.out), **result.layout.to_dict()}
     status = 0
-    if args.verify:
-        from cover_hpc.ocr import OcrUnavailable
-
-        try:
-            second = None if args.ocr_second == "none" else "auto"
-            record["ocr"] = read_back(result, args.ocr_engine, second=second)
-        except OcrUnavailable as error:
-            print(f"cover-hpc: {error}", file=sys.stderr)
-            return 1
+    if readers is not None:
+        record["ocr"] = read_back(result, readers[0], second=readers[1])
         misread = [role for role in ("title", "author") if role in record["ocr"] and not record["ocr"][role]["exact"]]
         if misread:
             print(f"cover-hpc: {args.out} written, but OCR did not read back the {' and '.join(misread)} exactly "

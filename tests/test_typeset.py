@@ -6,6 +6,7 @@ Everything here runs without a model, on small synthetic images (a few hundred m
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -408,6 +409,24 @@ def test_a_missing_second_reader_is_named_with_its_package(monkeypatch: pytest.M
     fake.chmod(0o755)
     with pytest.raises(ocr.OcrUnavailable, match=r"no data for Latin \(it has: eng, osd\).*tesseract-ocr-script-latn"):
         ocr.load_second_reader()
+
+
+def test_command_verify_without_the_second_reader_writes_nothing(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:  # fmt: skip
+    ocr_engine()
+    fake = tmp_path / "bin" / "tesseract"  # a tesseract without the Latin data
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "List of available languages (1):"; echo eng\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    source, out = tmp_path / "art.png", tmp_path / "cover.png"
+    Image.fromarray(noise(15)).save(source)
+    result = cover_hpc("typeset", str(source), "--title", "Orchard", "-o", str(out), "--verify")
+    assert result.returncode == 1 and "tesseract-ocr-script-latn" in result.stderr
+    assert "no cover written" in result.stderr and "Traceback" not in result.stderr and not out.exists()
+    result = cover_hpc("typeset", str(source), "--title", "Orchard", "-o", str(out), "--verify", "--ocr-second", "none")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["ocr"]["second"] is None and out.is_file()
 
 
 def test_a_stop_signal_to_the_job_does_not_fail_a_line_tesseract_is_reading(
