@@ -24,7 +24,6 @@ import functools
 import io
 import os
 import shutil
-import signal
 import subprocess
 import unicodedata
 from collections.abc import Sequence
@@ -198,23 +197,22 @@ class TesseractOcr:
         png = io.BytesIO()
         image.convert("RGB").save(png, format="PNG", compress_level=1)
         result = subprocess.run(
-            [str(self._program), "stdin", "stdout", "-l", self._languages, "--psm", str(psm)],
+            [*_IGNORING_STOP_SIGNALS, str(self._program), "stdin", "stdout", "-l", self._languages, "--psm", str(psm)],
             input=png.getvalue(), capture_output=True, env=self._env, timeout=120, check=False,
-            preexec_fn=_ignore_stop_signals,
         )  # fmt: skip
         if result.returncode != 0:
             raise RuntimeError(f"tesseract failed ({result.returncode}): {result.stderr.decode(errors='replace')}")
         return " ".join(result.stdout.decode("utf-8", errors="replace").split())
 
 
-def _ignore_stop_signals() -> None:
-    """In tesseract's process before it starts: SLURM delivers a job's stop signals (USR2 before the
-    time limit, TERM on preemption) to every process of the step, and a terminal's Ctrl-C to the whole
-    foreground group. The job handles them between covers; a read of one line (under a second) is
-    left to finish rather than fail the cover it was checking. Ignored signals stay ignored across
-    exec; SIGKILL still ends it."""
-    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(number, signal.SIG_IGN)
+#: Runs a program with the job's stop signals ignored. SLURM delivers them (USR2 before the time
+#: limit, TERM on preemption) to every process of the step, and a terminal's Ctrl-C to the whole
+#: foreground group; the job handles them between covers, and a read of one line (under a second)
+#: is left to finish rather than fail the cover it was checking. ``trap ""`` ignores a signal, and an
+#: ignored signal stays ignored across exec; SIGKILL still ends it. A shell rather than a
+#: ``preexec_fn``, which runs Python between fork and exec and can deadlock in a process with
+#: threads (torch's and onnxruntime's).
+_IGNORING_STOP_SIGNALS = ("/bin/sh", "-c", 'trap "" INT TERM USR1 USR2; exec "$0" "$@"')
 
 
 @functools.lru_cache(maxsize=4)
