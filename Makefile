@@ -63,7 +63,7 @@ runtime-deps:
 			echo "missing libGL.so.1, which opencv-python (OCR) needs; install Debian's libgl1 (as root: apt-get install libgl1)"; exit 1; \
 		fi; \
 	fi
-	@# tesseract with its Latin-script model: the second reader of typeset covers (cover_hpc.ocr.load_second_reader).
+	@# tesseract with its Latin-script model: the second reader of typeset covers (cover_hpc.metrics.ocr.load_second_reader).
 	@if ! { command -v tesseract >/dev/null && tesseract --list-langs 2>&1 | grep -qx Latin; }; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "installing Debian's tesseract-ocr and tesseract-ocr-script-latn (second OCR reader)"; \

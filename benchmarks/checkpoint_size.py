@@ -28,10 +28,11 @@ def folder_bytes(folder: Path) -> int:
 def tiny_figures(root: Path, repeat: int) -> list[dict[str, Any]]:
     import torch
 
-    from cover_hpc import checkpoint, train
-    from cover_hpc.config import spec_from_dict
-    from cover_hpc.runs import prepare_run
-    from cover_hpc.sweep import expand
+    from cover_hpc.spec.schema import spec_from_dict
+    from cover_hpc.spec.sweep import expand
+    from cover_hpc.stages import train
+    from cover_hpc.store import checkpoint
+    from cover_hpc.store.runs import prepare_run
 
     model, data = demo_assets(root)
     spec = spec_from_dict(spec_dict(model, data, root / f"ckpt-{time.time_ns()}", train={"max_steps": 10}))
@@ -74,8 +75,8 @@ def tiny_figures(root: Path, repeat: int) -> list[dict[str, Any]]:
 def sdxl_figures(rank: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
     import sdxl
 
-    from cover_hpc.config import LoraConfig
-    from cover_hpc.lora import PARTS, SDXLParts, add_adapters
+    from cover_hpc.model.lora import PARTS, SDXLParts, add_adapters
+    from cover_hpc.spec.schema import LoraConfig
 
     parts = sdxl.build_parts("meta")
     holder = SDXLParts(unet=parts["unet"], vae=parts["vae"], text_encoder=parts["text_encoder"],

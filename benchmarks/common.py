@@ -117,9 +117,9 @@ def spec_dict(model_dir: Path, data_dir: Path, out: Path, **sections: dict[str, 
 def run_trainer(spec: dict[str, Any], threads: int, timeout: int = 3600) -> list[dict[str, Any]]:
     """Train with cover-hpc's trainer in a fresh process (jobs/train.py, as on the cluster) and
     return its per-step metrics."""
-    from cover_hpc.config import spec_from_dict
-    from cover_hpc.runs import prepare_run
-    from cover_hpc.sweep import expand
+    from cover_hpc.spec.schema import spec_from_dict
+    from cover_hpc.spec.sweep import expand
+    from cover_hpc.store.runs import prepare_run
 
     built = spec_from_dict(spec)
     (run,) = expand(built)

@@ -7,7 +7,7 @@ generator (the one validation and batch inference use), in the same run, on the 
 
 plain:  StableDiffusionXLPipeline.from_pretrained(dtype=fp16 on GPU), prompts as strings: one 77-token
         window (the prompt fits in it).
-ours:   cover_hpc.sampling.load_generator: captions in 7 chunks of 77 tokens (525 caption tokens, as
+ours:   cover_hpc.model.sampling.load_generator: captions in 7 chunks of 77 tokens (525 caption tokens, as
         training encodes them: a 539-token context, more cross-attention work than plain's 77), per-image
         seeds, the stop check between steps, the UNet compiled with torch.compile (--no-compile to leave
         it out).
@@ -51,9 +51,9 @@ def main() -> None:
     import torch
     from diffusers import StableDiffusionXLPipeline
 
-    from cover_hpc import env
-    from cover_hpc.config import ModelConfig
-    from cover_hpc.sampling import device_and_dtype, load_generator
+    from cover_hpc.model.sampling import device_and_dtype, load_generator
+    from cover_hpc.runtime import env
+    from cover_hpc.spec.schema import ModelConfig
 
     height, width = (int(v) for v in args.size.lower().split("x"))
     batches = [int(b) for b in args.batches.split(",")]

@@ -8,18 +8,18 @@ Measured here, in ``--repeat`` rounds of one of each (so a change in the machine
 figure alike; warm-up calls first): seconds per image, median over the rounds, as wall time and as
 CPU time of this process (all its threads; spinning worker threads count too):
 
-- sampling: cover-hpc's generator (``cover_hpc.sampling.load_generator``, as validation loads it) on
+- sampling: cover-hpc's generator (``cover_hpc.model.sampling.load_generator``, as validation loads it) on
   the demo's tiny SDXL-structured model (``common.demo_assets``), ``--steps`` Euler steps (validation's
   default, 50), guidance 5.0, batch 1, 525-token captions;
-- CMMD embedding: ``ClipScorer.image_embeddings`` (``cover_hpc.clip_score``) on ``--images`` covers;
+- CMMD embedding: ``ClipScorer.image_embeddings`` (``cover_hpc.metrics.clip_score``) on ``--images`` covers;
 - CLIP score: ``ClipScorer.scores`` on the same covers and long captions (cut at 77 tokens);
-- OCR: ``cover_hpc.ocr.load_ocr("rapidocr").read`` on the same covers, each typeset with
+- OCR: ``cover_hpc.metrics.ocr.load_ocr("rapidocr").read`` on the same covers, each typeset with
   ``cover_hpc.typeset`` (title and author) over a busy background.
 
 The CLIP model is the spec's default, ``openai/clip-vit-base-patch16``, built from its configuration
 (ViT-B/16 image tower, 12 x 512 text tower, 512-d projection) with random weights, since nothing can
 be downloaded: the cost does not depend on the values. It is saved and loaded through
-``cover_hpc.clip_score.load_scorer``, the path validation takes. Measured fractions are against the
+``cover_hpc.metrics.clip_score.load_scorer``, the path validation takes. Measured fractions are against the
 tiny model, whose sampling is far cheaper than SDXL's.
 
 Counted (FLOPs, 2 per multiply-add; matrix products, convolutions and attention, which is what
@@ -113,7 +113,8 @@ def build_clip(folder: Path) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from cover_hpc.demo.tiny_model import BOS, EOS, build_tokenizers, clip_vocab_and_merges
+    from cover_hpc.assets import BOS, EOS, clip_vocab_and_merges
+    from cover_hpc.demo.tiny_model import build_tokenizers
 
     vocab, _ = clip_vocab_and_merges()
     torch.manual_seed(0)
@@ -154,7 +155,7 @@ def count_sampling(model: str, size: tuple[int, int], steps: int, chunks: int) -
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cover_hpc.prompts import encode_chunks
+    from cover_hpc.model.encoding import encode_chunks
 
     parts = meta_parts(model)
     unet, vae = parts["unet"], parts["vae"]
@@ -319,7 +320,7 @@ def count_ocr(cover: Any, threads: int) -> dict[str, float]:
     import onnxruntime
     from rapidocr_onnxruntime.utils import infer_engine
 
-    from cover_hpc.ocr import load_ocr
+    from cover_hpc.metrics.ocr import load_ocr
 
     original = infer_engine.OrtInferSession._init_sess_opts
     with tempfile.TemporaryDirectory() as folder:
@@ -352,9 +353,9 @@ def count_ocr(cover: Any, threads: int) -> dict[str, float]:
 def main() -> None:
     import torch
 
-    from cover_hpc.cmmd import cmmd
-    from cover_hpc.config import DataConfig, ModelConfig, ValidateConfig
-    from cover_hpc.prompts import num_chunks
+    from cover_hpc.metrics.cmmd import cmmd
+    from cover_hpc.model.encoding import num_chunks
+    from cover_hpc.spec.schema import DataConfig, ModelConfig, ValidateConfig
 
     defaults = ValidateConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -368,9 +369,9 @@ def main() -> None:
     info = header("validation metric cost: CMMD embedding, OCR read-back, CLIP score against sampling")
     print(f"# load average at start: {os.getloadavg()[0]:.2f} (other work on the machine slows every figure)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from cover_hpc.clip_score import load_scorer
-    from cover_hpc.ocr import load_ocr
-    from cover_hpc.sampling import load_generator
+    from cover_hpc.metrics.clip_score import load_scorer
+    from cover_hpc.metrics.ocr import load_ocr
+    from cover_hpc.model.sampling import load_generator
 
     tokens = DataConfig().max_caption_tokens
     chunks = num_chunks(tokens)

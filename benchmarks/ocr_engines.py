@@ -9,9 +9,9 @@ background at a portrait cover size (896x1152, 832x1216 or 768x1024, width x hei
 a contrasting colour, ``busy`` straight over the background in black or white. Backgrounds cycle
 through multi-scale noise, gradients, random shapes and the demo covers' art (make_demo_data).
 
-Every engine reads every image; scores use cover_hpc.ocr (title similarity = 1 - normalised edit
+Every engine reads every image; scores use cover_hpc.metrics.ocr (title similarity = 1 - normalised edit
 distance after folding case, accents and punctuation; exact match of the folded strings). An
-engine is named as in ``cover_hpc.ocr.load_ocr``; ``tesseract:N`` runs tesseract with ``--psm N``
+engine is named as in ``cover_hpc.metrics.ocr.load_ocr``; ``tesseract:N`` runs tesseract with ``--psm N``
 (default 11, sparse text). Time: milliseconds per image, the read only (the image is in memory),
 after one warm-up read; the engine's load time is printed apart.
 """
@@ -29,7 +29,7 @@ from common import header, summary, table, write_json
 
 
 def load(spec: str, threads: int) -> Any:
-    from cover_hpc.ocr import TesseractOcr, load_ocr
+    from cover_hpc.metrics.ocr import TesseractOcr, load_ocr
 
     name, _, psm = spec.partition(":")
     if name == "tesseract" and psm:
@@ -49,7 +49,7 @@ def labelled_set(count: int, seed: int) -> list[Any]:
 
 
 def read_all(engine: Any, samples: Sequence[Any]) -> list[dict[str, Any]]:
-    from cover_hpc.ocr import exact_match, title_similarity
+    from cover_hpc.metrics.ocr import exact_match, title_similarity
 
     engine.read(samples[0].image)  # warm-up: first-call allocations, caches
     rows = []

@@ -89,16 +89,16 @@ def build_dump(root: Path, covers: int, large: float, converted: float, seed: in
 def warm_imports() -> float:
     """Seconds to import what prepare-data needs, paid once per command (left out of the timed runs)."""
     started = time.perf_counter()
-    from cover_hpc import data_report, prepare  # noqa: F401
+    from cover_hpc.stages.prepare import pipeline, summary  # noqa: F401
 
-    data_report.clip_tokenizer()
-    data_report._pyplot()
+    summary.clip_tokenizer()
+    summary._pyplot()
     return time.perf_counter() - started
 
 
 def timed_run(source: Path, out: Path, workers: int) -> dict[str, Any]:
     """One prepare-data run: wall seconds, CPU seconds of this process and of its worker processes."""
-    from cover_hpc.prepare import PrepareOptions, prepare
+    from cover_hpc.stages.prepare.pipeline import PrepareOptions, prepare
 
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu, started = time.process_time(), time.perf_counter()
@@ -127,7 +127,10 @@ def main() -> None:
         kinds = build_dump(root / "dump", args.covers, args.large, args.converted, args.seed)
         print(f"# built {args.covers} covers in {time.perf_counter() - started:.1f} s: {kinds}", flush=True)
         imports_s = warm_imports()
-        print(f"# imports (PIL, numpy, torch via cover_hpc.data, tokenizer, matplotlib): {imports_s:.1f} s", flush=True)
+        print(
+            f"# imports (PIL, numpy, torch via cover_hpc.store.data, tokenizer, matplotlib): {imports_s:.1f} s",
+            flush=True,
+        )
         load_before = os.getloadavg()[0]
         cold = timed_run(root / "dump", root / "out", args.workers)
         warm = timed_run(root / "dump", root / "out", args.workers)

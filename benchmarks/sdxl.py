@@ -73,7 +73,8 @@ def build_folder(folder: Path, dtype: str = "fp16") -> Path:
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-    from cover_hpc.demo.tiny_model import BOS, EOS, build_tokenizers, clip_vocab_and_merges
+    from cover_hpc.assets import BOS, EOS, clip_vocab_and_merges
+    from cover_hpc.demo.tiny_model import build_tokenizers
 
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     folder.mkdir(parents=True, exist_ok=True)

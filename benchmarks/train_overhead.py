@@ -28,10 +28,10 @@ def bare_loop(model: Path, data: Path, size: tuple[int, int], batch: int, steps:
     import torch
     from diffusers import DDPMScheduler
 
-    from cover_hpc.config import LoraConfig, ModelConfig, OptimConfig
-    from cover_hpc.data import load_pixels
-    from cover_hpc.lora import PARTS, add_adapters, load_parts
-    from cover_hpc.prompts import encode_chunks, tokenize_chunks
+    from cover_hpc.model.encoding import encode_chunks, tokenize_chunks
+    from cover_hpc.model.lora import PARTS, add_adapters, load_parts
+    from cover_hpc.spec.schema import LoraConfig, ModelConfig, OptimConfig
+    from cover_hpc.store.data import load_pixels
 
     torch.set_num_threads(threads)
     parts = load_parts(ModelConfig(pretrained=str(model)))

@@ -55,9 +55,9 @@ def count_flops(
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cover_hpc.config import LoraConfig
-    from cover_hpc.lora import SDXLParts, add_adapters
-    from cover_hpc.prompts import encode_chunks
+    from cover_hpc.model.encoding import encode_chunks
+    from cover_hpc.model.lora import SDXLParts, add_adapters
+    from cover_hpc.spec.schema import LoraConfig
 
     if model == "sdxl":
         import sdxl

@@ -148,7 +148,7 @@ def run(
     frame: tuple[float, float, float] = (ts.READ_ABOVE, ts.READ_BELOW, ts.READ_SIDE),
     second: str = "auto",
 ) -> dict[str, Any]:
-    from cover_hpc import ocr
+    from cover_hpc.metrics import ocr
 
     engine = ocr.load_ocr(engine_name, threads=1)
     confirm = ocr.load_second_reader(threads=1) if second == "auto" else None
@@ -186,7 +186,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def _spaceless(text: str) -> str:
-    from cover_hpc.ocr import normalise_title
+    from cover_hpc.metrics.ocr import normalise_title
 
     return normalise_title(text).replace(" ", "")
 
@@ -206,7 +206,7 @@ def lacking(text: str, characters: frozenset[str] | None) -> list[str]:
 def match_but_lacking(expected: str, read: str, characters: frozenset[str] | None) -> bool:
     """Exact match when each letter the recogniser lacks may be read as any one or two characters (not
     a space): what a miss would be with those letters left unchecked. A diagnostic, not the metric."""
-    from cover_hpc.ocr import normalise_title
+    from cover_hpc.metrics.ocr import normalise_title
 
     missing = lacking(expected, characters)
     for character in missing:
@@ -282,7 +282,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--engine", default="auto", help="OCR engine (cover_hpc.ocr.load_ocr)")
+    parser.add_argument("--engine", default="auto", help="OCR engine (cover_hpc.metrics.ocr.load_ocr)")
     parser.add_argument("--max-detail", type=float, help="override TypesetOptions.max_detail (calibration)")
     parser.add_argument("--word-space", type=float, help="override TypesetOptions.word_space (calibration)")
     parser.add_argument("--kinds", default=",".join(KINDS), help="backgrounds to use, comma-separated")

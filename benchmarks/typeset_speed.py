@@ -46,7 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--covers", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--engine", default="auto", help="OCR engine for the check (cover_hpc.ocr.load_ocr)")
+    parser.add_argument("--engine", default="auto", help="OCR engine for the check (cover_hpc.metrics.ocr.load_ocr)")
     parser.add_argument("--threads", type=int, default=1, help="OCR threads (default 1)")
     parser.add_argument("--no-ocr", action="store_true", help="time layout and render only")
     parser.add_argument("--json", help="write the figures here")
@@ -55,7 +55,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     engine = None
     if not args.no_ocr:
-        from cover_hpc import ocr
+        from cover_hpc.metrics import ocr
 
         engine = ocr.load_ocr(args.engine, threads=args.threads)
         second = ocr.load_second_reader(threads=args.threads)  # as the inference and validation checks

@@ -3,7 +3,7 @@
 import os as _os
 
 if _os.environ.get("COVER_HPC_JOB") == "1":  # first thing in a job step: stop signals only set a flag
-    from cover_hpc import preemption as _preemption
+    from cover_hpc.runtime import preemption as _preemption
 
     _preemption.install()
 

@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cover_hpc import env
-from cover_hpc.config import DataConfig, ExperimentSpec, Problem, SpecError, field_help, load_spec, to_dict
-from cover_hpc.locks import Busy
-from cover_hpc.paths import ExperimentPaths
-from cover_hpc.sweep import Run, expand
+from cover_hpc.runtime import env
+from cover_hpc.spec.load import load_spec
+from cover_hpc.spec.schema import DataConfig, ExperimentSpec, Problem, SpecError, field_help, to_dict
+from cover_hpc.spec.sweep import Run, expand
+from cover_hpc.store.locks import Busy
+from cover_hpc.store.paths import ExperimentPaths
 
 DEMO_SPEC = Path("configs/demo.yaml")
 DEMO_DIR = Path("demo")
@@ -41,7 +42,7 @@ def render_plan(spec: ExperimentSpec, runs: Sequence[Run]) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from cover_hpc.submit import preflight_problems
+    from cover_hpc.orchestrate.submit import preflight_problems
 
     spec = load_spec(args.spec, args.overrides)
     runs = expand(spec)
@@ -62,7 +63,7 @@ def fetch_hint(args: argparse.Namespace, problems: Sequence[Problem]) -> str | N
     """The exact fetch command for this spec and overrides, when a model is missing from the cache."""
     import shlex
 
-    from cover_hpc.models import is_fetchable
+    from cover_hpc.model.weights import is_fetchable
 
     if not any(is_fetchable(problem) for problem in problems):
         return None
@@ -107,7 +108,7 @@ def cmd_make_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
-    from cover_hpc.prepare import PrepareOptions, Progress, default_workers, describe, prepare
+    from cover_hpc.stages.prepare.pipeline import PrepareOptions, Progress, default_workers, describe, prepare
 
     options = PrepareOptions(
         source=args.source, out=args.out, format=args.format, test_fraction=args.test_fraction, seed=args.seed,
@@ -150,7 +151,7 @@ def prepare_demo_assets(workdir: Path) -> tuple[Path, Path]:
 def cmd_demo(args: argparse.Namespace) -> int:
     env.set_offline_defaults()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from cover_hpc import locks
+    from cover_hpc.store import locks
 
     # two demos at once: the second waits for the first to finish building the shared assets
     with locks.held(DEMO_DIR / ".lock", f"building the demo assets in {DEMO_DIR}", wait_s=900):
@@ -158,7 +159,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.overrides)
     runs = expand(spec)
     print(render_plan(spec, runs), flush=True)
-    from cover_hpc.submit import submit
+    from cover_hpc.orchestrate.submit import submit
 
     submit(spec, runs, executor="local")
     return 0
@@ -175,7 +176,7 @@ def default_executor() -> str:
 def cmd_submit(args: argparse.Namespace) -> int:
     env.set_offline_defaults()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from cover_hpc.submit import SubmitError, render_dry_run, submit
+    from cover_hpc.orchestrate.submit import SubmitError, render_dry_run, submit
 
     spec = load_spec(args.spec, args.overrides)
     runs = expand(spec)
@@ -211,8 +212,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def wait_for(experiment: Path) -> int:
     import time
 
-    from cover_hpc.paths import ExperimentPaths
-    from cover_hpc.submit import ACTIVE_STATES, job_ids, job_states, read_state, status
+    from cover_hpc.orchestrate.submit import ACTIVE_STATES, job_ids, job_states, read_state, status
+    from cover_hpc.store.paths import ExperimentPaths
 
     exp = ExperimentPaths(experiment)
     unknown_since: float | None = None
@@ -242,15 +243,15 @@ def wait_for(experiment: Path) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     """Download the models of every run into the Hugging Face cache, then show where each resolves."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from cover_hpc import models
+    from cover_hpc.model import weights
 
     spec = load_spec(args.spec, args.overrides)
     failed = 0
-    for ref, result in models.fetch_all(models.models_of(run.spec for run in expand(spec))):
-        if isinstance(result, models.FetchError):
+    for ref, result in weights.fetch_all(weights.models_of(run.spec for run in expand(spec))):
+        if isinstance(result, weights.FetchError):
             print(f"cover-hpc: {result}", file=sys.stderr)
         elif not result.ok:
-            print(f"cover-hpc: {models.problem_after_fetch(result).render()}", file=sys.stderr)
+            print(f"cover-hpc: {weights.problem_after_fetch(result).render()}", file=sys.stderr)
         else:
             print(f"{ref.key}: {ref.describe()} -> {result.path}")
             continue
@@ -261,7 +262,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from cover_hpc.submit import render_status, status
+    from cover_hpc.orchestrate.submit import render_status, status
 
     rows = status(args.experiment)
     print(json.dumps(rows, indent=2) if args.json else render_status(rows))
@@ -269,7 +270,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from cover_hpc.submit import log_files
+    from cover_hpc.orchestrate.submit import log_files
 
     files = log_files(args.experiment, args.run, args.stage)
     if not files:
@@ -281,7 +282,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from cover_hpc.submit import cancel
+    from cover_hpc.orchestrate.submit import cancel
 
     cancelled = cancel(args.experiment)
     print(f"cancelled jobs {', '.join(cancelled)}" if cancelled else "nothing to cancel")
@@ -290,8 +291,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     env.set_offline_defaults()
-    from cover_hpc.runs import prepare_run
-    from cover_hpc.validate import validate
+    from cover_hpc.stages.validate import validate
+    from cover_hpc.store.runs import prepare_run
 
     spec = load_spec(args.spec, args.overrides)
     for run in select_runs(expand(spec), args.run):
@@ -315,8 +316,8 @@ def _format_metric(value: Any) -> str:
 
 def cmd_infer(args: argparse.Namespace) -> int:
     env.set_offline_defaults()
-    from cover_hpc.infer import infer_shard
-    from cover_hpc.runs import prepare_run
+    from cover_hpc.stages.infer import infer_shard
+    from cover_hpc.store.runs import prepare_run
 
     spec = load_spec(args.spec, args.overrides)
     for run in select_runs(expand(spec), args.run):
@@ -329,7 +330,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from cover_hpc.report import build_report
+    from cover_hpc.stages.report import build_report
 
     print(f"report: {build_report(args.experiment)}")
     return 0
@@ -342,7 +343,7 @@ def cmd_typeset(args: argparse.Namespace) -> int:
     genres = [genre.strip() for value in args.genres or () for genre in value.split(",") if genre.strip()]
     readers: tuple[Any, Any] | None = None
     if args.verify:  # the OCR engines first: a missing one writes no cover
-        from cover_hpc import ocr
+        from cover_hpc.metrics import ocr
 
         try:
             readers = (ocr.load_ocr(args.ocr_engine),
@@ -394,9 +395,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train runs in this process (or, under torchrun/srun, in every rank of it)."""
     env.set_offline_defaults()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from cover_hpc.data import DataError
-    from cover_hpc.runs import prepare_run
-    from cover_hpc.train import TrainingDiverged, finished_result, train
+    from cover_hpc.stages.train import TrainingDiverged, finished_result, train
+    from cover_hpc.store.data import DataError
+    from cover_hpc.store.runs import prepare_run
 
     spec = load_spec(args.spec, args.overrides)
     status = 0
@@ -522,7 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--executor", choices=["slurm", "local", "debug"],
                         help="slurm (default where sbatch answers), local (submitit's local executor, this machine), "
                         "debug (in this process)")  # fmt: skip
-    submit.add_argument("--profile", help="cluster profile from slurm/profiles/NAME.yaml")
+    submit.add_argument(
+        "--profile", help="cluster profile NAME.yaml from $COVER_HPC_PROFILES, ./slurm/profiles or the package's own"
+    )
     submit.add_argument("--dry-run", action="store_true", help="print the sbatch scripts and the graph; submit nothing")
     submit.add_argument("--wait", action="store_true", help="wait until every job of this submission has ended")
     submit.set_defaults(func=cmd_submit)

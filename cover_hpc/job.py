@@ -2,7 +2,7 @@
 -u -m submitit.core._submit FOLDER`` (the tail is what submitit's ``python`` option appends).
 
 Importing ``cover_hpc`` has already made USR2 and SIGTERM only set a flag (see
-:mod:`cover_hpc.preemption`). Here submitit's own handlers are kept out, since they would requeue
+:mod:`cover_hpc.runtime.preemption`). Here submitit's own handlers are kept out, since they would requeue
 without a checkpoint during the seconds before a stage looks at the flag, and the pickled stage is
 run as submitit runs it. The process then ends with ``os._exit``: Python's shutdown puts the
 default handlers back, and a USR2 arriving then would kill a job whose work is done and recorded.
@@ -17,7 +17,7 @@ import traceback
 
 
 def main(argv: list[str]) -> int:
-    from cover_hpc import preemption
+    from cover_hpc.runtime import preemption
 
     preemption.install()
     from submitit.core import job_environment, submission

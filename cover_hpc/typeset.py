@@ -36,6 +36,8 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from cover_hpc.spec.vocab import FONT_ROLES
+
 RGB = tuple[int, int, int]
 Box = tuple[int, int, int, int]  # left, top, right, bottom (right and bottom exclusive), in pixels
 WHITE: RGB = (255, 255, 255)
@@ -225,6 +227,7 @@ ROLE_FACES: dict[str, tuple[Faces, ...]] = {
     "display": (("URWBookman-Demi.otf", "URWBookman-Light.otf"), ("C059-Bold.otf", "C059-Roman.otf"),
                 ("DejaVuSerif-Bold.ttf", "DejaVuSerif.ttf")),
 }  # fmt: skip
+assert tuple(ROLE_FACES) == FONT_ROLES, "a role named in the spec vocabulary has no faces"
 # after the genre's faces, for characters they lack: DejaVu (Greek, Cyrillic, ...), then CJK (fonts-wqy-microhei)
 FALLBACK_FACES: tuple[Faces, ...] = (
     ("DejaVuSans-Bold.ttf", "DejaVuSans.ttf"),
@@ -818,7 +821,7 @@ def typeset_file(source: str | Path, out: str | Path, *, title: str, author: str
                  genres: Sequence[str] = (), font: str | None = None,
                  options: TypesetOptions | None = None) -> TypesetResult:  # fmt: skip
     """Read ``source``, typeset, and write ``out`` whole (nothing is written when a TypesetError is raised)."""
-    from cover_hpc.atomic import save_image
+    from cover_hpc.store.atomic import save_image
 
     try:
         with Image.open(source) as image:
@@ -872,14 +875,14 @@ def read_back(result: TypesetResult, engine: Any = "auto", *, second: Any = "aut
               frame: tuple[float, float, float] = (READ_ABOVE, READ_BELOW, READ_SIDE)) -> dict[str, Any]:  # fmt: skip
     """OCR each typeset text from the finished cover: what was read, its similarity, exact match.
 
-    ``engine``: an engine from :func:`cover_hpc.ocr.load_ocr`, or the name to load one with. The layout is
+    ``engine``: an engine from :func:`cover_hpc.metrics.ocr.load_ocr`, or the name to load one with. The layout is
     known, so each line of each text is read on its own from :func:`line_crops` (recognition only, one
     batch per text) and the lines joined by spaces; the title is compared with the title alone. ``frame``:
     the crop's reach above and below the baseline and to the sides, in em (calibration). An engine without
     ``read_lines`` reads each text from :func:`text_crop`, finding its lines itself.
 
     ``second``: a second reader for each line the first did not read exactly (what each line should
-    say is known from the layout): ``"auto"`` loads :func:`cover_hpc.ocr.load_second_reader`, None
+    say is known from the layout): ``"auto"`` loads :func:`cover_hpc.metrics.ocr.load_second_reader`, None
     reads with the first engine alone. A line counts as read when either reader reads it exactly;
     otherwise the first engine's reading stands. So a cover fails the check only when neither of two
     recognisers of different families reads one of its lines: a glyph missing, clipped or lost in
@@ -887,7 +890,7 @@ def read_back(result: TypesetResult, engine: Any = "auto", *, second: Any = "aut
     text: ``read`` (the readings used), ``similarity``, ``exact``, ``first`` (the first engine's
     reading and whether it alone was exact) and ``readers`` (whose reading each line used).
     """
-    from cover_hpc import ocr
+    from cover_hpc.metrics import ocr
 
     reader = ocr.load_ocr(engine) if isinstance(engine, str) else engine
     read_lines = getattr(reader, "read_lines", None)

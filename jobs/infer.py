@@ -5,7 +5,7 @@ import logging
 import sys
 from pathlib import Path
 
-from cover_hpc.infer import infer_run
+from cover_hpc.stages.infer import infer_run
 
 
 def main() -> int:

@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cover_hpc.report import build_report
+from cover_hpc.stages.report import build_report
 
 
 def main() -> int:

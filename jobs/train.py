@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from cover_hpc.train import train_run
+from cover_hpc.stages.train import train_run
 
 
 def main() -> int:

@@ -5,7 +5,7 @@ import logging
 import sys
 from pathlib import Path
 
-from cover_hpc.validate import validate_run
+from cover_hpc.stages.validate import validate_run
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""CMMD (cover_hpc.cmmd) on known values, and the CLIP image embeddings it is computed from, through
+"""CMMD (cover_hpc.metrics.cmmd) on known values, and the CLIP image embeddings it is computed from, through
 the real loading path of the tiny random CLIP models."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cover_hpc.cmmd import cmmd
+from cover_hpc.metrics.cmmd import cmmd
 
 GAMMA = 1 / (2 * 10.0**2)  # sigma 10, the paper's bandwidth
 
@@ -136,8 +136,8 @@ def solid_and_noise(count: int) -> tuple[list[Image.Image], list[Image.Image]]:
 def test_image_embeddings_through_the_real_loaders(tmp_path: Path, backend: str) -> None:
     """The tiny random CLIP, saved and loaded as a real one: (n, d) float32 CPU embeddings in
     batches that match one image at a time; CMMD 0 of a set with itself, > 0 against noise."""
-    from cover_hpc.clip_score import EMBED_BATCH, load_scorer
     from cover_hpc.demo.tiny_clip import build_tiny_open_clip, build_tiny_transformers_clip
+    from cover_hpc.metrics.clip_score import EMBED_BATCH, load_scorer
 
     build = build_tiny_transformers_clip if backend == "transformers" else build_tiny_open_clip
     scorer = load_scorer(backend, str(build(tmp_path / backend)), torch.device("cpu"))

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from cover_hpc.config import ExperimentSpec, SpecError, load_spec
+from cover_hpc.spec.load import load_spec
+from cover_hpc.spec.schema import ExperimentSpec, SpecError
 
 from .conftest import REPO
 

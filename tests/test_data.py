@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from cover_hpc.cache import DiskCache
-from cover_hpc.config import DataConfig
-from cover_hpc.data import (
+from cover_hpc.model.encoding import CLIP_WINDOW, encode_chunks, num_chunks, tokenize_chunks
+from cover_hpc.runtime.env import dist_env
+from cover_hpc.spec.schema import DataConfig
+from cover_hpc.store.cache import DiskCache
+from cover_hpc.store.data import (
     BadSample,
     DataError,
     EpochBatchSampler,
@@ -23,8 +25,6 @@ from cover_hpc.data import (
     report_bad,
     scan,
 )
-from cover_hpc.env import dist_env
-from cover_hpc.prompts import CLIP_WINDOW, encode_chunks, num_chunks, tokenize_chunks
 
 
 def test_scan_reads_real_sizes_for_micro_conditioning(demo_data_dir: Path) -> None:

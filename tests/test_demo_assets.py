@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cover_hpc.demo.covers import make_demo_data
-from cover_hpc.prompts import Book, book_caption
+from cover_hpc.store.captions import Book, book_caption
 
 
 def digest(folder: Path) -> dict[str, str]:

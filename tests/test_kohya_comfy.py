@@ -28,8 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from cover_hpc.config import LoraConfig, ModelConfig
-from cover_hpc.lora import (
+from cover_hpc.model.lora import (
     PARTS,
     _alpha_tensor,
     add_adapters,
@@ -39,6 +38,7 @@ from cover_hpc.lora import (
     load_parts,
     save_lora,
 )
+from cover_hpc.spec.schema import LoraConfig, ModelConfig
 
 RANK, ALPHA = 4, 8.0  # alpha != rank, so a lost or wrong alpha changes every patched weight
 MODULES = 72 + 12 + 18  # adapted modules of the tiny model: UNet, text encoder 1, text encoder 2

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from cover_hpc.config import ExperimentSpec, load_spec
-from cover_hpc.models import ModelRef, locate, model_problems, problem, select_files, weight_files
-from cover_hpc.sweep import expand
+from cover_hpc.model.weights import ModelRef, locate, model_problems, problem, select_files, weight_files
+from cover_hpc.spec.load import load_spec
+from cover_hpc.spec.schema import ExperimentSpec
+from cover_hpc.spec.sweep import expand
 
 from .test_submit import cli, spec_file
 

@@ -13,9 +13,9 @@ from typing import cast
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from cover_hpc import ocr
 from cover_hpc.demo.covers import font_path
 from cover_hpc.demo.title_images import background, demo_art, typeset
+from cover_hpc.metrics import ocr
 
 
 @pytest.mark.parametrize(

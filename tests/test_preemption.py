@@ -128,8 +128,8 @@ def test_a_stop_signal_at_any_moment_of_start_up_requeues_and_never_fails(
 def seconds_per_step(model: Path) -> float:
     """Denoising seconds per step of the tiny model at 64 x 64 on one thread, as a job runs it,
     measured once the cluster is idle (jobs of earlier tests would slow the measurement)."""
-    from cover_hpc.config import ModelConfig
-    from cover_hpc.sampling import load_generator
+    from cover_hpc.model.sampling import load_generator
+    from cover_hpc.spec.schema import ModelConfig
 
     wait_for(lambda: not subprocess.run(["squeue", "-h"], capture_output=True, text=True, timeout=60).stdout.strip(),
              600, "the cluster never became idle")  # fmt: skip
@@ -258,7 +258,7 @@ def test_cancel_is_not_undone_by_a_requeue_and_keeps_the_work(
 def test_only_usr2_asks_for_a_requeue(monkeypatch: pytest.MonkeyPatch) -> None:
     """Unit level: SIGTERM alone waits for SLURM to end the job; USR2 (caught by Python or kept by the
     step's wrapper during start-up) asks scontrol for the requeue."""
-    from cover_hpc import preemption
+    from cover_hpc.runtime import preemption
 
     calls: list[list[str]] = []
     monkeypatch.setattr(preemption, "REFUSED_WAIT_S", 0)

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cover_hpc import prepare as prep
-from cover_hpc import prepare_images
-from cover_hpc.prepare import PrepareError, PrepareOptions, in_test_split, prepare
+from cover_hpc.stages.prepare import images as prepare_images
+from cover_hpc.stages.prepare import pipeline as prep
+from cover_hpc.stages.prepare.pipeline import PrepareError, PrepareOptions, in_test_split, prepare
 
 # ----------------------------------------------------------------------------------------------
 # The corpus
@@ -452,8 +452,8 @@ def test_datasets_imagefolder_loads_both_splits(bookdb_run: prep.PrepareResult) 
 
 
 def test_trainer_scan_reads_the_output(bookdb_run: prep.PrepareResult) -> None:
-    from cover_hpc.config import DataConfig
-    from cover_hpc.data import scan
+    from cover_hpc.spec.schema import DataConfig
+    from cover_hpc.store.data import scan
 
     out = bookdb_run.paths
     config = DataConfig(train_dir=str(out.split("train_set")), test_dir=str(out.split("test_set")))

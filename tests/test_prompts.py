@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cover_hpc.prompts import Book, book_caption, normalize_description, read_books, short_caption
+from cover_hpc.store.captions import Book, book_caption, normalize_description, read_books, short_caption
 
 ORIGINAL = (
     'Book Cover - This book title is "love and mistletoe". This book publisher is "beaverstone press llc". '
@@ -80,7 +80,7 @@ def test_undecodable_books_line_is_reported_by_number_and_skipped(tmp_path: Path
     [("a/b", "a_b"), ("日本の本", "中国の本"), ("x" * 299 + "1", "x" * 299 + "2"), ("", " "), ("..", "._")],
 )
 def test_image_names_are_unique_per_id_and_valid_file_names(ids: tuple[str, str]) -> None:
-    from cover_hpc.infer import image_name
+    from cover_hpc.stages.infer import image_name
 
     names = [image_name(Book(book_id=book_id, title="t")) for book_id in ids]
     assert names[0] != names[1]
@@ -93,7 +93,7 @@ def test_image_names_are_unique_per_id_and_valid_file_names(ids: tuple[str, str]
 def test_image_name_is_a_readable_prefix_and_a_hash_of_the_id() -> None:
     import hashlib
 
-    from cover_hpc.infer import image_name
+    from cover_hpc.stages.infer import image_name
 
     assert image_name(Book(book_id="a/b", title="t")) == f"a_b-{hashlib.sha256(b'a/b').hexdigest()[:10]}.png"
     assert image_name(Book(book_id="y" * 300, title="t")).startswith("y" * 80 + "-")
@@ -101,8 +101,8 @@ def test_image_name_is_a_readable_prefix_and_a_hash_of_the_id() -> None:
 
 def test_a_spec_naming_a_books_file_with_a_non_utf8_line_loads(tmp_path: Path) -> None:
     """The shard check counts lines on bytes; the bad line is reported by read_books, with its number."""
-    from cover_hpc.config import load_spec
-    from cover_hpc.prompts import read_books
+    from cover_hpc.spec.load import load_spec
+    from cover_hpc.store.captions import read_books
 
     books = tmp_path / "books.jsonl"
     books.write_bytes(

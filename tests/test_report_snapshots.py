@@ -1,8 +1,8 @@
 """The report's view of snapshots: leaderboard by best point, metric curves, covers across steps,
 CLIP per genre, and typeset covers next to their art.
 
-The experiment folders are written by the tests in the format of cover_hpc.validate.finish and
-cover_hpc.infer (tiny PNGs, JSON), so these test what the report reads and renders; the stages
+The experiment folders are written by the tests in the format of cover_hpc.stages.validate.finish and
+cover_hpc.stages.infer (tiny PNGs, JSON), so these test what the report reads and renders; the stages
 that produce the files are tested in test_stages.py.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from cover_hpc.report import build_report, strip_points
+from cover_hpc.stages.report import build_report, strip_points
 
 # --------------------------------------------------------------------------------------------
 # A synthetic experiment

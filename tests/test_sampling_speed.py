@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from cover_hpc import preemption
-from cover_hpc.config import ModelConfig
-from cover_hpc.prompts import CLIP_WINDOW
-from cover_hpc.sampling import DistinctContextAttention, Generator, load_generator
+from cover_hpc.model.encoding import CLIP_WINDOW
+from cover_hpc.model.sampling import DistinctContextAttention, Generator, load_generator
+from cover_hpc.runtime import preemption
+from cover_hpc.spec.schema import ModelConfig
 
 PROMPTS = [
     'Book Cover - This book title is "the lighthouse keeper". This book genres are mystery , fiction.',

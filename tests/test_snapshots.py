@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from cover_hpc.config import ValidateConfig
-from cover_hpc.paths import RunPaths
-from cover_hpc.selection import SelectionError, select
-from cover_hpc.snapshots import CheckpointError, lora_points, resolve_checkpoint, snapshot_steps
+from cover_hpc.spec.schema import ValidateConfig
+from cover_hpc.spec.vocab import CheckpointError
+from cover_hpc.stages.select import SelectionError, select
+from cover_hpc.store.paths import RunPaths
+from cover_hpc.store.snapshots import lora_points, resolve_checkpoint, snapshot_steps
 
 from .conftest import REPO
 from .test_train import env_for, run_dir, train, write_spec
@@ -155,7 +156,7 @@ def test_canonical_safetensors_is_byte_stable_and_loads_back(tmp_path: Path) -> 
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from cover_hpc.lora import canonical_safetensors
+    from cover_hpc.model.lora import canonical_safetensors
 
     tensors = {"b.weight": torch.randn(3, 4), "a.weight": torch.randn(2, 2).to(torch.bfloat16),
                "c.index": torch.arange(5), "empty": torch.zeros(0, 3)}  # fmt: skip
@@ -176,9 +177,9 @@ def test_validation_scores_finished_covers_beside_the_raw_art(tmp_path: Path, de
     finished covers are read back by the same OCR as the raw art, and their contrast is measured."""
     from PIL import Image
 
-    from cover_hpc.config import ExperimentSpec, InferConfig
-    from cover_hpc.paths import ValidationPaths
-    from cover_hpc.validate import Item, Scorers
+    from cover_hpc.spec.schema import ExperimentSpec, InferConfig
+    from cover_hpc.stages.validate import Item, Scorers
+    from cover_hpc.store.paths import ValidationPaths
 
     spec = ExperimentSpec(infer=InferConfig(typeset=True))
     photos = sorted((demo_data_dir / "test_set").glob("*.jpg"))[:2]

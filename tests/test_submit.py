@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from cover_hpc.config import SlurmConfig, SpecError
-from cover_hpc.submit import load_profile, slurm_parameters, with_profile
+from cover_hpc.orchestrate.submit import load_profile, slurm_parameters, with_profile
+from cover_hpc.spec.schema import SlurmConfig, SpecError
 
 from .conftest import REPO
 
@@ -33,7 +33,7 @@ def test_resources_in_user_terms_become_sbatch_options() -> None:
 
 
 def test_the_local_executor_starts_every_process_of_a_multi_node_run_here() -> None:
-    from cover_hpc.submit import local_parameters
+    from cover_hpc.orchestrate.submit import local_parameters
 
     train = local_parameters(SlurmConfig(nodes=2, gpus_per_node=0, tasks_per_node=3), "train")
     assert (train["nodes"], train["tasks_per_node"]) == (1, 6)  # same world size as on the cluster
@@ -160,7 +160,7 @@ def test_local_executor_runs_every_stage_then_resubmission_does_nothing(
 
 
 def test_submitting_from_inside_a_slurm_job_drops_its_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cover_hpc.submit import _slurm_env_cleaned
+    from cover_hpc.orchestrate.submit import _slurm_env_cleaned
 
     for key, value in {"SLURM_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "2", "SBATCH_PARTITION": "x",
                        "SLURM_CONF": "/etc/slurm.conf"}.items():  # fmt: skip
@@ -187,7 +187,7 @@ def test_debug_executor_runs_the_stages_in_process(tmp_path: Path, tiny_model_di
 
 def test_a_profile_is_read_as_strictly_as_a_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Profile values reach the batch script too: no control characters, no odd names."""
-    from cover_hpc import submit
+    from cover_hpc.orchestrate import submit
 
     monkeypatch.setattr(submit, "PROFILES", tmp_path)
     (tmp_path / "evil.yaml").write_text('partition: "gpu\\ntouch /tmp/pwned"\nsetup: ["module load x", "a\\rb"]\n')

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cover_hpc.config import load_spec
-from cover_hpc.sweep import expand
+from cover_hpc.spec.load import load_spec
+from cover_hpc.spec.sweep import expand
 
 from .conftest import REPO
 

@@ -18,9 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cover_hpc.config import load_spec
-from cover_hpc.runs import prepare_run
-from cover_hpc.sweep import expand
+from cover_hpc.spec.load import load_spec
+from cover_hpc.spec.sweep import expand
+from cover_hpc.store.runs import prepare_run
 
 from .conftest import REPO
 
@@ -62,7 +62,7 @@ def train(run: Path, procs: int = 1, stop_after: int | None = None) -> subproces
     if stop_after is not None:
         args += ["--stop-after", str(stop_after)]
     if procs > 1:
-        from cover_hpc.env import free_port
+        from cover_hpc.runtime.env import free_port
 
         launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port", str(free_port())]
         args = launcher + args
@@ -153,7 +153,7 @@ def test_lora_loads_into_all_three_models_and_changes_the_image(
 ) -> None:
     from diffusers import StableDiffusionXLPipeline
 
-    from cover_hpc.lora import adapted_modules, verify_lora_file
+    from cover_hpc.model.lora import adapted_modules, verify_lora_file
 
     run = run_dir(write_spec(tmp_path, tiny_model_dir, demo_data_dir, train={"max_steps": 6}))
     train(run)
@@ -186,7 +186,7 @@ def test_lora_loads_into_all_three_models_and_changes_the_image(
 def test_kohya_export_key_names(tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path) -> None:
     from diffusers import StableDiffusionXLPipeline
 
-    from cover_hpc.lora import adapted_modules
+    from cover_hpc.model.lora import adapted_modules
 
     run = run_dir(write_spec(tmp_path, tiny_model_dir, demo_data_dir, train={"max_steps": 3}, lora={"alpha": 8}))
     train(run)

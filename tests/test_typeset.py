@@ -330,7 +330,7 @@ def test_command_errors_are_one_line_and_write_nothing(tmp_path: Path) -> None:
 
 
 def ocr_engine() -> object:
-    ocr = pytest.importorskip("cover_hpc.ocr")
+    ocr = pytest.importorskip("cover_hpc.metrics.ocr")
     try:
         return ocr.load_ocr("auto")
     except ocr.OcrUnavailable as error:
@@ -368,7 +368,7 @@ def test_ocr_reads_typeset_titles_back_exactly_on_busy_images() -> None:
 
 
 def second_reader() -> object:
-    ocr = pytest.importorskip("cover_hpc.ocr")
+    ocr = pytest.importorskip("cover_hpc.metrics.ocr")
     try:
         return ocr.load_second_reader()
     except ocr.OcrUnavailable as error:
@@ -399,7 +399,7 @@ def test_a_line_the_first_reader_misses_is_read_again_and_a_line_neither_reads_f
 
 
 def test_a_missing_second_reader_is_named_with_its_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from cover_hpc import ocr
+    from cover_hpc.metrics import ocr
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no tesseract on it
     with pytest.raises(ocr.OcrUnavailable, match="tesseract-ocr-script-latn"):
@@ -434,7 +434,7 @@ def test_a_stop_signal_to_the_job_does_not_fail_a_line_tesseract_is_reading(
 ) -> None:
     """SLURM sends USR2 and TERM to every process of the step: a tesseract reading a line when one
     comes finishes the line (the job stops between covers) instead of dying and failing the cover."""
-    from cover_hpc import ocr
+    from cover_hpc.metrics import ocr
 
     fake = tmp_path / "tesseract"  # signals itself as SLURM would, then answers
     fake.write_text('#!/bin/sh\nif [ "$1" = --list-langs ]; then echo "Languages (1):"; echo Latin; exit 0; fi\n'

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from cover_hpc.prompts import Book, book_caption
+from cover_hpc.store.captions import Book, book_caption
 
 Color = tuple[int, int, int]
 Draw = ImageDraw.ImageDraw

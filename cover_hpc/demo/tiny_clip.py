@@ -21,7 +21,8 @@ def build_tiny_transformers_clip(folder: str | Path, seed: int = SEED) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from cover_hpc.demo.tiny_model import BOS, EOS, build_tokenizers, clip_vocab_and_merges
+    from cover_hpc.assets import BOS, EOS, clip_vocab_and_merges
+    from cover_hpc.demo.tiny_model import build_tokenizers
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -17,38 +17,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-MERGES_ASSET = "clip_bpe_merges_4k.txt"
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+from cover_hpc.assets import BOS, EOS, clip_vocab_and_merges
+
 MAX_TOKENS = 77
 HIDDEN = 32
 PROJECTION = 32
 TIME_EMBED = 8
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP's (and GPT-2's) reversible byte -> printable character table."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars), strict=True))
-
-
-def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
-    """The tiny CLIP vocabulary, built the way CLIP builds its full one."""
-    text = resources.files("cover_hpc.assets").joinpath(MERGES_ASSET).read_text(encoding="utf-8")
-    merges = [line for line in text.splitlines() if line and not line.startswith("#")]
-    symbols = list(_bytes_to_unicode().values())
-    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges] + [BOS, EOS]
-    vocab: dict[str, int] = {}
-    for token in tokens:
-        vocab.setdefault(token, len(vocab))
-    return vocab, merges
 
 
 def build_tokenizers(folder: Path) -> tuple[Any, Any]:

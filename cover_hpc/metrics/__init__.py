@@ -1,0 +1,1 @@
+"""Image metrics: CLIP score, CMMD and OCR, and the registry that names them."""

@@ -1,0 +1,1 @@
+"""Submission: the only importer of submitit. The DAG, resources to sbatch, status and logs."""

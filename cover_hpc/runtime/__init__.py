@@ -1,0 +1,1 @@
+"""The process: environment variables (SLURM_*, RANK...) and the preemption flag."""

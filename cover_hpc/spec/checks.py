@@ -1,0 +1,363 @@
+"""Value checks of a built spec: ranges, sizes, cross-field rules and the sweep.
+
+Type checks happen while the spec is built (:mod:`cover_hpc.spec.schema`); this module checks what
+types cannot say. Every rule reports the dotted key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import unicodedata
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from cover_hpc.spec.schema import LR_SCHEDULES, SIZE_MULTIPLE, ExperimentSpec, Problem
+from cover_hpc.spec.vocab import FONT_ROLES, METRICS
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: `$` also matches before a \n
+#: Keys a sweep may not vary: they name the experiment or the sweep itself.
+UNSWEEPABLE = ("name", "output_dir", "sweep")
+
+Rule = tuple[str, Callable[[Any], bool], str]
+
+#: How early SLURM may send a job's --signal warning ("up to 60 seconds earlier than specified").
+SIGNAL_EARLY_S = 60
+
+
+def _rules(spec: ExperimentSpec) -> list[Rule]:
+    positive = (lambda v: v >= 1, "must be 1 or more")
+    non_negative = (lambda v: v >= 0, "must be 0 or more")
+    above_zero = (lambda v: v > 0, "must be greater than 0")
+    optional_positive = (lambda v: v is None or v >= 1, "must be 1 or more (or empty)")
+    rules: list[Rule] = [
+        ("name", lambda v: bool(_NAME_RE.fullmatch(v)), "must be letters, digits, '.', '_' or '-'"),
+        ("data.max_caption_tokens", *positive),
+        ("data.num_workers", *non_negative),
+        ("lora.rank", *positive),
+        ("lora.alpha", *above_zero),
+        ("lora.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+        ("lora.parts", lambda v: len(v) > 0, "must name at least one part to train"),
+        ("lora.parts", lambda v: len(set(v)) == len(v), "must not repeat a part"),
+        ("optim.lr_unet", *above_zero),
+        ("optim.lr_text_encoder", *above_zero),
+        ("optim.lr_text_encoder_2", *above_zero),
+        ("optim.weight_decay", *non_negative),
+        ("optim.betas", lambda v: all(0 <= b < 1 for b in v), "both betas must be in [0, 1)"),
+        ("optim.eps", *above_zero),
+        ("optim.max_grad_norm", *non_negative),
+        ("optim.schedule", lambda v: v in LR_SCHEDULES, f"must be one of {', '.join(LR_SCHEDULES)}"),
+        ("optim.warmup_steps", *non_negative),
+        ("train.batch_size", *positive),
+        ("train.epochs", *positive),
+        ("train.max_steps", *optional_positive),
+        ("train.grad_accum", *positive),
+        ("train.checkpoint_every", *positive),
+        ("train.checkpoints_kept", *positive),
+        ("train.min_snr_gamma", lambda v: v is None or v > 0, "must be greater than 0 (or empty)"),
+        ("train.noise_offset", *non_negative),
+        ("train.log_every", *positive),
+        (
+            "distributed.zero_stage",
+            lambda v: 0 <= v <= 2,
+            "must be 0, 1 or 2 (stage 3 partitions the frozen base weights, which LoRA saving here does not gather)",
+        ),
+        ("distributed.timeout_min", *positive),
+        ("validate.num_prompts", *positive),
+        ("validate.steps", *positive),
+        ("validate.guidance", *non_negative),
+        ("validate.batch_size", *positive),
+        ("validate.every_steps", *optional_positive),
+        ("validate.at_steps", lambda v: all(s >= 1 for s in v), "every step must be 1 or more"),
+        ("validate.select_by", lambda v: v in METRICS, f"must be one of {', '.join(METRICS)}"),
+        ("validate.tasks", *positive),
+        ("validate.loss_images", *non_negative),
+        (
+            "validate.loss_timesteps",
+            lambda v: len(v) > 0 and all(0 <= t < 1000 for t in v),
+            "must list timesteps in 0..999 (the scheduler's training range)",
+        ),
+        ("infer.checkpoint", _is_checkpoint, "must be best, final or a step number (1 or more)"),
+        ("infer.shards", *positive),
+        ("infer.steps", *positive),
+        ("infer.guidance", *non_negative),
+        ("infer.batch_size", *positive),
+        ("slurm.nodes", *positive),
+        ("slurm.gpus_per_node", *non_negative),
+        ("slurm.tasks_per_node", *optional_positive),
+        ("slurm.cpus_per_gpu", *positive),
+        ("slurm.mem_per_gpu_gb", *positive),
+        ("slurm.time_min", *positive),
+        ("slurm.signal_lead_s", *non_negative),
+        ("slurm.max_requeues", *non_negative),
+        ("slurm.array_parallelism", *positive),
+    ]
+    for part in ("unet", "text_encoder", "text_encoder_2"):
+        if part in spec.lora.parts:
+            rules.append((f"lora.{part}_targets", lambda v: len(v) > 0, f"must list modules ({part} is trained)"))
+    return rules
+
+
+def _is_checkpoint(value: str) -> bool:
+    from cover_hpc.spec.vocab import parse_checkpoint
+
+    try:
+        parse_checkpoint(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _get(spec: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        spec = getattr(spec, part)
+    return spec
+
+
+def _size_problems(key: str, size: tuple[int, int]) -> list[Problem]:
+    problems = []
+    for side, value in zip(("height", "width"), size, strict=True):
+        if value <= 0 or value % SIZE_MULTIPLE:
+            near = max(SIZE_MULTIPLE, round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+            problems.append(
+                Problem(
+                    key,
+                    f"{side} {value} is not a positive multiple of {SIZE_MULTIPLE} (the VAE's 8x "
+                    f"downsampling times 8 for the UNet); use {near}, e.g. [1152, 896].",
+                )
+            )
+    return problems
+
+
+def count_books(path: Path) -> int:
+    """Non-blank lines of a books JSONL file, counted on bytes: a line that is not UTF-8 is reported
+    (file and line) and skipped by cover_hpc.store.captions.read_books, not refused here without either."""
+    with path.open("rb") as handle:
+        return sum(1 for line in handle if line.strip().removeprefix(b"\xef\xbb\xbf").strip())
+
+
+def _step_problems(spec: ExperimentSpec) -> list[Problem]:
+    """A chosen step that training never reaches (when train.max_steps says where it ends): no LoRA
+    would ever be there. (validate.at_steps beyond a run's end are left out of that run, as
+    snapshot_steps does: a sweep over train.max_steps may list steps only its longer runs reach.)"""
+    from cover_hpc.spec.vocab import parse_checkpoint
+
+    last = spec.train.max_steps
+    if last is None:
+        return []
+    problems: list[Problem] = []
+    try:
+        chosen = parse_checkpoint(spec.infer.checkpoint)
+    except ValueError:
+        return problems  # reported by its own rule
+    if isinstance(chosen, int) and chosen > last:
+        problems.append(Problem("infer.checkpoint", f"got {chosen}; training ends at train.max_steps ({last}), so "
+                                "no LoRA has that step; use best, final or a snapshot step."))  # fmt: skip
+    return problems
+
+
+def value_problems(spec: ExperimentSpec) -> list[Problem]:
+    """Range and cross-field problems of one resolved spec (no line numbers yet)."""
+    problems: list[Problem] = []
+    for key, ok, expect in _rules(spec):
+        value = _get(spec, key)
+        if not ok(value):
+            problems.append(Problem(key, f"got {value!r}; {expect}."))
+    problems += _size_problems("data.size", spec.data.size)
+    problems += _size_problems("infer.size", spec.infer.size)
+    slurm = spec.slurm
+    if slurm.signal_lead_s + SIGNAL_EARLY_S > slurm.time_min * 60:
+        # slurmctld checks for warnings every 30 s and sends them when due within that period, and
+        # its documentation allows 60 s: a job whose warning comes before it could do any work
+        # would be requeued again and again without progress.
+        problems.append(
+            Problem(
+                "slurm.signal_lead_s",
+                f"got {slurm.signal_lead_s}; must be shorter than slurm.time_min "
+                f"({slurm.time_min} min = {slurm.time_min * 60} s) by at least {SIGNAL_EARLY_S} s, since "
+                f"SLURM may send the warning up to {SIGNAL_EARLY_S} s early; lower it or raise slurm.time_min.",
+            )
+        )
+    if slurm.gpus_per_node > 0 and slurm.tasks_per_node not in (None, slurm.gpus_per_node):
+        problems.append(
+            Problem(
+                "slurm.tasks_per_node",
+                f"got {slurm.tasks_per_node}; with GPUs there is one process per GPU "
+                f"({slurm.gpus_per_node}): leave it empty.",
+            )
+        )
+    validate = spec.validate
+    needs = {"cmmd": (validate.cmmd, "validate.cmmd: true"), "ocr_similarity": (validate.ocr, "validate.ocr: true"),
+             "ocr_exact": (validate.ocr, "validate.ocr: true"),
+             "heldout_loss": (validate.loss_images > 0, "validate.loss_images of 1 or more")}  # fmt: skip
+    if validate.select_by in needs and not needs[validate.select_by][0]:
+        problems.append(Problem("validate.select_by", f"got {validate.select_by!r}, a metric that is switched off; "
+                                f"set {needs[validate.select_by][1]} or choose another metric."))  # fmt: skip
+    problems += _step_problems(spec)
+    if spec.infer.typeset and spec.infer.typeset_font:
+        # a role or a readable font file: found here, not when the first cover is typeset
+        refused = font_problem(spec.infer.typeset_font)
+        if refused:
+            problems.append(Problem("infer.typeset_font", f"{refused}; use serif, sans, display or a .ttf/.otf file."))
+    books = spec.infer.books_file
+    if books and Path(books).is_file():
+        count = count_books(Path(books))
+        if count == 0:
+            problems.append(Problem("infer.books_file", f"{books} holds no books; add JSONL lines."))
+        elif spec.infer.shards > count:
+            problems.append(
+                Problem(
+                    "infer.shards",
+                    f"got {spec.infer.shards}, more shards than the {count} books in {books}; use at most {count}.",
+                )
+            )
+    return problems
+
+
+def font_problem(font: str) -> str | None:
+    """Why ``font`` is neither a typesetting role nor a font file that can be read, or None."""
+    if font in FONT_ROLES:
+        return None
+    path = Path(font).expanduser()
+    if not path.is_file():
+        return f"font {font!r}: not a role ({', '.join(FONT_ROLES)}) and no such font file"
+    try:  # the two readers the typesetter uses: fontTools for the character map, FreeType to draw
+        from fontTools.ttLib import TTFont
+        from PIL import ImageFont
+
+        with TTFont(str(path), fontNumber=0, lazy=True) as face:
+            face.getBestCmap()
+        ImageFont.truetype(str(path), size=12, index=0)
+    except Exception as error:  # fontTools and FreeType each raise their own kinds
+        return f"font {font!r}: not a font file that can be read ({error})"
+    return None
+
+
+def _sweep_problems(spec: ExperimentSpec) -> list[Problem]:
+    from cover_hpc.spec.schema import _Invalid, coerce, field_type
+
+    problems: list[Problem] = []
+    axes = [("grid", key, values) for key, values in spec.sweep.grid.items()]
+    axes += [("zip", key, values) for key, values in spec.sweep.zip.items()]
+    for kind, key, values in axes:
+        path = f"sweep.{kind}.{key}"
+        if key.split(".")[0] in UNSWEEPABLE:
+            problems.append(Problem(path, f"{key!r} cannot be swept; sweep a model, data or training key."))
+            continue
+        if key.startswith("slurm."):
+            problems.append(Problem(path, f"{key!r} cannot be swept: the training runs of an experiment form one "
+                                          "SLURM array, which has one set of resources. Set it in slurm: and "
+                                          "make one experiment per value."))  # fmt: skip
+            continue
+        try:
+            tp = field_type(key)
+        except KeyError as error:
+            problems.append(Problem(path, f"sweeps an unknown key {key!r}. {error.args[0]}".rstrip()))
+            continue
+        if not isinstance(values, tuple):
+            problems.append(Problem(path, f"got {values!r}; give a list of values."))
+            continue
+        if not values:
+            problems.append(Problem(path, "is an empty list, so the sweep yields no runs; give at least one value."))
+            continue
+        for index, value in enumerate(values):
+            try:
+                coerce(value, tp)
+            except _Invalid as invalid:
+                problems.append(Problem(f"{path}[{index}]", f"got {value!r}; expected {invalid}."))
+    both = set(spec.sweep.grid) & set(spec.sweep.zip)
+    for key in sorted(both):
+        problems.append(Problem(f"sweep.zip.{key}", "is also a grid axis; keep it in one of grid or zip."))
+    lengths = {key: len(v) for key, v in spec.sweep.zip.items() if isinstance(v, tuple)}
+    if len(set(lengths.values())) > 1:
+        listed = ", ".join(f"{k} has {n}" for k, n in lengths.items())
+        problems.append(Problem("sweep.zip", f"zipped axes must have equal lengths: {listed}."))
+    return problems
+
+
+#: Free text that never reaches the sbatch script or a path, so line breaks and tabs may be in it.
+FREE_TEXT_KEYS = ("infer.negative_prompt",)
+_LINE_SEPARATORS = "\u2028\u2029"  # not control characters to Unicode, but line breaks to many readers
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85" + _LINE_SEPARATORS
+
+
+def _setting(path: str) -> str:
+    """The key a value at ``path`` sets: a list item sets its list's key, a sweep value its axis's key."""
+    key = path.split("[")[0]
+    for axis in ("sweep.grid.", "sweep.zip."):
+        if key.startswith(axis):
+            return key[len(axis) :]
+    return key
+
+
+def control_character_problem(path: str, text: str) -> Problem | None:
+    """A problem when ``text``, set at ``path``, holds a control character or a line separator.
+
+    A line break in a value that reaches the sbatch script (job name, #SBATCH lines, setup lines)
+    ends its line and runs the rest as a command; in a path it names another file.
+    """
+    key = _setting(path)
+    allowed = "\n\t" if key in FREE_TEXT_KEYS else ""
+    bad = [c for c in text if c not in allowed and (unicodedata.category(c) == "Cc" or c in _LINE_SEPARATORS)]
+    if not bad:
+        return None
+    if key == "slurm.setup" and bad[0] in _LINE_BREAKS:
+        fix = "a setup line with a line break is two lines; give each line as its own list item"
+    elif key in FREE_TEXT_KEYS:
+        fix = "only line breaks and tabs are allowed in this text"
+    else:
+        fix = "a value that reaches the sbatch script or a path must be one line of printable text"
+    return Problem(path, f"got {text!r}; remove the control character {bad[0]!r} (U+{ord(bad[0]):04X}): {fix}.")
+
+
+def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """Every string in a spec (list items and sweep values too) with its dotted path."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from _strings(getattr(value, f.name), f"{path}.{f.name}" if path else f.name)
+    elif isinstance(value, str):
+        yield path, value
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{path}[{index}]")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(item, f"{path}.{key}")
+
+
+def control_problems(spec: ExperimentSpec) -> list[Problem]:
+    """Control characters in any string of the spec, walked generically so that new keys are covered."""
+    found = (control_character_problem(path, text) for path, text in _strings(spec, ""))
+    return [problem for problem in found if problem is not None]
+
+
+def spec_problems(spec: ExperimentSpec, lines: Mapping[str, int]) -> list[Problem]:
+    """Every problem of ``spec`` and of each run it expands to, located at its YAML line."""
+    problems = _sweep_problems(spec)
+    if problems:  # the runs cannot be built; still check the values outside the sweep
+        problems += value_problems(spec)
+    else:
+        from cover_hpc.spec.sweep import expand_overrides, resolve
+
+        combos = expand_overrides(spec)
+        if not combos:
+            problems.append(Problem("sweep", "the sweep yields no runs; give every axis at least one value."))
+        seen: set[tuple[str, str]] = set()
+        for combo in combos:
+            label = ", ".join(f"{k}={v!r}" for k, v in combo.items())
+            for problem in value_problems(resolve(spec, combo)):
+                if (problem.key, problem.message) in seen:
+                    continue
+                seen.add((problem.key, problem.message))
+                if problem.key in combo:
+                    kind = "grid" if problem.key in spec.sweep.grid else "zip"
+                    message = f"in the run with {label}: {problem.key} {problem.message}"
+                    problems.append(Problem(f"sweep.{kind}.{problem.key}", message))
+                else:
+                    problems.append(problem)
+    problems += control_problems(spec)
+    return [
+        Problem(p.key, p.message, p.line or lines.get(p.key) or lines.get(p.key.split("[")[0]), p.origin)
+        for p in problems
+    ]

@@ -1,0 +1,1 @@
+"""prepare-data: raw book records in, an imagefolder data set with a report out."""

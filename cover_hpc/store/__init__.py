@@ -1,0 +1,1 @@
+"""Files: paths, atomic writes, checkpoints, caches, training data, locks, run folders and records."""
