@@ -194,8 +194,8 @@ def load_profile(name: str | None) -> dict[str, Any]:
                 )
             )
             continue
-        found = (control_character_problem(f"slurm.{key}", v) for v in values)
-        problems += [p for p in found if p is not None]
+        controls = (control_character_problem(f"slurm.{key}", v) for v in values)
+        problems += [p for p in controls if p is not None]
     if problems:
         raise SpecError(problems, str(path))
     return data
