@@ -17,6 +17,7 @@ from cover_hpc.spec.schema import DataConfig, ExperimentSpec, Problem, SpecError
 from cover_hpc.spec.sweep import Run, expand
 from cover_hpc.store.locks import Busy
 from cover_hpc.store.paths import ExperimentPaths
+from cover_hpc.store.runs import adopt_earlier_runs
 
 DEMO_SPEC = Path("configs/demo.yaml")
 DEMO_DIR = Path("demo")
@@ -46,6 +47,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, args.overrides)
     runs = expand(spec)
+    adopted = adopt_earlier_runs(ExperimentPaths.of(spec.output_dir, spec.name), runs)
+    for each in adopted:  # on stderr: --json output stays machine-readable
+        print(
+            f"cover-hpc: adopted run folder {each.folder} (an earlier release's id) as {each.run_id}", file=sys.stderr
+        )
     if args.json:
         print(json.dumps([{"run_id": run.run_id, **to_dict(run.swept)} for run in runs], indent=2))
     else:
@@ -190,6 +196,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         hint = fetch_hint(args, error.problems)
         print(f"cover-hpc: {error}" + (f"\ncover-hpc: {hint}" if hint else ""), file=sys.stderr)
         return 2
+    for each in plan.adopted:
+        print(
+            f"cover-hpc: adopted run folder {each.folder} (an earlier release's id) as {each.run_id}", file=sys.stderr
+        )
     if submission is None:
         print(render_dry_run(plan))
         hint = fetch_hint(args, plan.warnings)

@@ -1,34 +1,153 @@
-"""Entry point of every SLURM job step that cover-hpc submits: ``python -u -m cover_hpc.job
--u -m submitit.core._submit FOLDER`` (the tail is what submitit's ``python`` option appends).
+"""The jobs' public entry point: what submitit pickles, and what every job step runs.
 
-Importing ``cover_hpc`` has already made USR2 and SIGTERM only set a flag (see
-:mod:`cover_hpc.runtime.preemption`). Here submitit's own handlers are kept out, since they would requeue
-without a checkpoint during the seconds before a stage looks at the flag, and the pickled stage is
-run as submitit runs it. The process then ends with ``os._exit``: Python's shutdown puts the
+A queued job is a pickle naming the callable it runs by import path, and it may start days later,
+after cover-hpc was upgraded. So the callables live here, at a path kept across releases:
+:class:`TrainTask` and :class:`StageTask`, with the same fields, import the stages only when called.
+Jobs pickled by releases before 0.2.0 name ``cover_hpc.submit.TrainTask`` / ``StageTask``; the
+entry point maps that module name here before loading them (:data:`LEGACY_MODULES`).
+
+Each job step runs ``python -u -m cover_hpc.job -u -m submitit.core._submit FOLDER`` (the tail is
+what submitit's ``python`` option appends). Importing ``cover_hpc`` has already made USR2 and
+SIGTERM only set a flag (see :mod:`cover_hpc.runtime.preemption`); the pickled task is then run by
+:func:`cover_hpc.orchestrate.worker.run_job`, which keeps submitit's own signal handlers out (they
+would requeue without a checkpoint). The process ends with ``os._exit``: Python's shutdown puts the
 default handlers back, and a USR2 arriving then would kill a job whose work is done and recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import time
 import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cover_hpc.runtime import env, preemption
+from cover_hpc.spec.schema import spec_from_dict
+from cover_hpc.store import atomic
+from cover_hpc.store.paths import RunPaths
+
+#: Module names that earlier releases pickled jobs under -> this module.
+LEGACY_MODULES = ("cover_hpc.submit",)
+
+
+@contextlib.contextmanager
+def recorded_failure(paths: RunPaths, stage: str) -> Iterator[None]:
+    """Leave ``<run>/<stage>/error.json`` when a stage fails (status and the report read it);
+    clear a stale one when it starts again."""
+    paths.error(stage).unlink(missing_ok=True)
+    try:
+        yield
+    except Exception as error:
+        atomic.write_json(paths.error(stage), {"message": f"{type(error).__name__}: {error}", "time": time.time()})
+        raise
+
+
+def _stop_and_requeue(max_requeues: int, what: str) -> None:
+    """The stage stopped on SLURM's signal: requeue this job (rank 0) and wait to be ended by it."""
+    job = env.slurm_job()
+    preemption.requeue_and_wait(
+        job.job_id if job else None, job.restarts if job else 0, max_requeues, env.dist_env().is_main, what
+    )
+
+
+@dataclass
+class TrainTask:
+    """Train one run; on a stop signal checkpoint, requeue this array task, and wait to be ended."""
+
+    run_dir: str
+    workdir: str
+    max_requeues: int
+
+    def __call__(self) -> dict[str, Any]:
+        preemption.install()  # in a SLURM job already done at the first instruction (cover_hpc.job)
+        os.chdir(self.workdir)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from cover_hpc.stages import train
+
+        paths = RunPaths(Path(self.run_dir))
+        with recorded_failure(paths, "train"):
+            result = train.train_run(paths.root)
+            if result.status == "finished":
+                return result.__dict__
+            _stop_and_requeue(self.max_requeues, f"training of {paths.root.name} at step {result.steps}")
+        raise AssertionError("unreachable: requeue_and_wait returns only by raising")
+
+
+@dataclass
+class StageTask:
+    """Validation, one inference shard, or the report, run from the submission's directory.
+
+    ``config`` is the run's resolved spec as submitted: validation and inference settings are not
+    part of the run id, so they travel with the job rather than being read from the run folder.
+    """
+
+    stage: str
+    target: str
+    workdir: str
+    shard: int = 0
+    config: dict[str, Any] | None = None
+    max_requeues: int = 10
+
+    def __call__(self) -> Any:
+        preemption.install()
+        os.chdir(self.workdir)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        what = f"{self.stage} of {Path(self.target).name}" + (
+            {"infer": f" shard {self.shard}", "validate": f" task {self.shard}"}.get(self.stage, "")
+        )
+        try:
+            return self._run()
+        except preemption.Stopped:
+            if self.stage == "report":
+                _stop_and_requeue(self.max_requeues, what)
+            else:  # a requeue refused (max_requeues spent) is this stage's failure, for status and report
+                with recorded_failure(RunPaths(Path(self.target)), self.stage):
+                    _stop_and_requeue(self.max_requeues, what)
+            raise AssertionError("unreachable: requeue_and_wait returns only by raising") from None
+
+    def _run(self) -> Any:
+        spec = spec_from_dict(self.config) if self.config is not None else None
+        if self.stage == "validate":
+            from cover_hpc.stages.validate import validate_run
+
+            with recorded_failure(RunPaths(Path(self.target)), "validate"):
+                result = validate_run(Path(self.target), spec, self.shard)
+                return {"task": self.shard, "best": result["best"] if result else None}
+        if self.stage == "infer":
+            from cover_hpc.stages.infer import infer_run
+
+            with recorded_failure(RunPaths(Path(self.target)), "infer"):
+                return infer_run(Path(self.target), self.shard, spec).__dict__
+        from cover_hpc.stages.report import build_report
+
+        preemption.check()
+        return str(build_report(Path(self.target)))
 
 
 def main(argv: list[str]) -> int:
-    from cover_hpc.runtime import preemption
-
     preemption.install()
-    from submitit.core import job_environment, submission
+    for name in LEGACY_MODULES:  # a job queued by an earlier release unpickles to today's tasks
+        sys.modules.setdefault(name, sys.modules.get("cover_hpc.job") or _this_module())
+    from cover_hpc.orchestrate.worker import run_job
 
-    job_environment.JobEnvironment._handle_signals = lambda self, paths, submission: None  # type: ignore[method-assign]
     try:
-        submission.process_job(argv[-1])  # pickles the result, or the error, before returning or raising
+        run_job(argv[-1])  # pickles the result, or the error, before returning or raising
     except Exception:
         traceback.print_exc()
         return 1
     return 0
+
+
+def _this_module() -> Any:
+    import importlib
+
+    return importlib.import_module("cover_hpc.job")
 
 
 if __name__ == "__main__":

@@ -28,18 +28,27 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cover_hpc.job import StageTask, TrainTask
 from cover_hpc.model import weights
-from cover_hpc.runtime import env, preemption
+from cover_hpc.runtime import preemption
 from cover_hpc.spec.schema import ExperimentSpec, Problem, SlurmConfig, SpecError, spec_from_dict, to_dict
 from cover_hpc.spec.sweep import Run, expand
 from cover_hpc.store import atomic, locks
 from cover_hpc.store.paths import ExperimentPaths, InferencePaths, RunPaths, ValidationPaths
-from cover_hpc.store.runs import count_requeues, inference_key, prepare_run, validation_key
+from cover_hpc.store.runs import (
+    Adopted,
+    adopt_earlier_runs,
+    adopted_folders,
+    count_requeues,
+    inference_key,
+    prepare_run,
+    validation_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,100 +66,6 @@ def _slurm_env_cleaned() -> None:
     for key in list(os.environ):
         if key.startswith(("SLURM_", "SBATCH_", "SRUN_")) and key not in ("SLURM_CONF",):
             del os.environ[key]
-
-
-@contextlib.contextmanager
-def recorded_failure(paths: RunPaths, stage: str) -> Iterator[None]:
-    """Leave ``<run>/<stage>/error.json`` when a stage fails (status and the report read it);
-    clear a stale one when it starts again."""
-    paths.error(stage).unlink(missing_ok=True)
-    try:
-        yield
-    except Exception as error:
-        atomic.write_json(paths.error(stage), {"message": f"{type(error).__name__}: {error}", "time": time.time()})
-        raise
-
-
-def _stop_and_requeue(max_requeues: int, what: str) -> None:
-    """The stage stopped on SLURM's signal: requeue this job (rank 0) and wait to be ended by it."""
-    job = env.slurm_job()
-    preemption.requeue_and_wait(
-        job.job_id if job else None, job.restarts if job else 0, max_requeues, env.dist_env().is_main, what
-    )
-
-
-@dataclass
-class TrainTask:
-    """Train one run; on a stop signal checkpoint, requeue this array task, and wait to be ended."""
-
-    run_dir: str
-    workdir: str
-    max_requeues: int
-
-    def __call__(self) -> dict[str, Any]:
-        preemption.install()  # in a SLURM job already done at the first instruction (cover_hpc.job)
-        os.chdir(self.workdir)
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        from cover_hpc.stages import train
-
-        paths = RunPaths(Path(self.run_dir))
-        with recorded_failure(paths, "train"):
-            result = train.train_run(paths.root)
-            if result.status == "finished":
-                return result.__dict__
-            _stop_and_requeue(self.max_requeues, f"training of {paths.root.name} at step {result.steps}")
-        raise AssertionError("unreachable: requeue_and_wait returns only by raising")
-
-
-@dataclass
-class StageTask:
-    """Validation, one inference shard, or the report, run from the submission's directory.
-
-    ``config`` is the run's resolved spec as submitted: validation and inference settings are not
-    part of the run id, so they travel with the job rather than being read from the run folder.
-    """
-
-    stage: str
-    target: str
-    workdir: str
-    shard: int = 0
-    config: dict[str, Any] | None = None
-    max_requeues: int = 10
-
-    def __call__(self) -> Any:
-        preemption.install()
-        os.chdir(self.workdir)
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        what = f"{self.stage} of {Path(self.target).name}" + (
-            {"infer": f" shard {self.shard}", "validate": f" task {self.shard}"}.get(self.stage, "")
-        )
-        try:
-            return self._run()
-        except preemption.Stopped:
-            if self.stage == "report":
-                _stop_and_requeue(self.max_requeues, what)
-            else:  # a requeue refused (max_requeues spent) is this stage's failure, for status and report
-                with recorded_failure(RunPaths(Path(self.target)), self.stage):
-                    _stop_and_requeue(self.max_requeues, what)
-            raise AssertionError("unreachable: requeue_and_wait returns only by raising") from None
-
-    def _run(self) -> Any:
-        spec = spec_from_dict(self.config) if self.config is not None else None
-        if self.stage == "validate":
-            from cover_hpc.stages.validate import validate_run
-
-            with recorded_failure(RunPaths(Path(self.target)), "validate"):
-                result = validate_run(Path(self.target), spec, self.shard)
-                return {"task": self.shard, "best": result["best"] if result else None}
-        if self.stage == "infer":
-            from cover_hpc.stages.infer import infer_run
-
-            with recorded_failure(RunPaths(Path(self.target)), "infer"):
-                return infer_run(Path(self.target), self.shard, spec).__dict__
-        from cover_hpc.stages.report import build_report
-
-        preemption.check()
-        return str(build_report(Path(self.target)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,6 +403,7 @@ class Plan:
     exp: ExperimentPaths
     profile: dict[str, Any]
     warnings: list[Problem] = field(default_factory=list)
+    adopted: list[Adopted] = field(default_factory=list)
 
     def params(self, slurm: SlurmConfig, stage: str) -> dict[str, Any]:
         """sbatch options of a stage: the run's resources, the profile's cluster settings."""
@@ -507,7 +423,9 @@ class Plan:
 
 def make_plan(spec: ExperimentSpec, runs: Sequence[Run], profile: str | None) -> Plan:
     exp = ExperimentPaths.of(spec.output_dir, spec.name)
-    return Plan(spec, list(runs), plan_stages(spec, runs, exp), os.getcwd(), exp, load_profile(profile))
+    adopted = adopt_earlier_runs(exp, runs)  # before looking at what is done: their work counts
+    return Plan(spec, list(runs), plan_stages(spec, runs, exp), os.getcwd(), exp, load_profile(profile),
+                adopted=adopted)  # fmt: skip
 
 
 def _run_slurm(plan: Plan) -> Submission:
@@ -700,6 +618,13 @@ def _stage_state(paths: RunPaths, slurm_states: dict[str, str], stage: str, done
     return slurm_states.get(job or "", "not submitted" if not job else "unknown").lower()
 
 
+def _adopt_submitted(exp: ExperimentPaths, state: dict[str, Any]) -> dict[str, str]:
+    """Adopt the run folders of an experiment submitted by an earlier release; earlier id -> current."""
+    with contextlib.suppress(SpecError, KeyError, TypeError, ValueError):
+        adopt_earlier_runs(exp, expand(spec_from_dict(state["spec"])))
+    return adopted_folders(exp)
+
+
 def status(experiment_dir: Path) -> list[dict[str, Any]]:
     """Per run: swept values, each stage's state, SLURM states, progress, loss, CLIP score, requeues, paths."""
     exp = ExperimentPaths(Path(experiment_dir).absolute())
@@ -710,12 +635,13 @@ def status(experiment_dir: Path) -> list[dict[str, Any]]:
     slurm_states = job_states([j for jobs in latest.values() if jobs["executor"] == "slurm" for j in job_ids(jobs)])
     specs = _submitted_specs(state)
     rows = []
+    current = _adopt_submitted(exp, state)
     for entry in state["runs"]:
-        run_id = entry["run_id"]
+        run_id = current.get(entry["run_id"], entry["run_id"])
         paths = exp.run(run_id)
-        jobs = latest.get(run_id, {"train": None, "validate": [], "infer": []})
+        jobs = latest.get(entry["run_id"], latest.get(run_id, {"train": None, "validate": [], "infer": []}))
         train_result = json.loads(paths.train_result.read_text()) if paths.train_result.is_file() else None
-        spec = specs.get(run_id)
+        spec = specs.get(entry["run_id"])
         validation_dir = validation_paths(paths, spec) if spec else paths.latest_validation()
         result_file = validation_dir.result if validation_dir else None
         validation = json.loads(result_file.read_text()) if result_file and result_file.is_file() else None

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import socket
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cover_hpc.runtime import env
-from cover_hpc.spec.schema import ExperimentSpec, spec_from_dict, to_dict
+from cover_hpc.spec.ids import run_id
+from cover_hpc.spec.schema import ExperimentSpec, SpecError, spec_from_dict, to_dict
 from cover_hpc.spec.sweep import Run
 from cover_hpc.store import atomic
 from cover_hpc.store.paths import ExperimentPaths, RunPaths
@@ -24,6 +28,80 @@ def prepare_run(spec: ExperimentSpec, run: Run) -> RunPaths:
     if not paths.config.is_file() or json.loads(paths.config.read_text()) != data:
         atomic.write_json(paths.config, data)
     return paths
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """A run folder written under an earlier release's id, now reached by its current id too."""
+
+    run_id: str  # the id this release gives the run: ``<exp>/<run_id>`` is a link to the folder
+    folder: str  # the folder's own name: the id the release that wrote it gave the run
+
+    def describe(self) -> str:
+        return f"adopted run folder {self.folder} (an earlier release's id) as {self.run_id}"
+
+
+def _stored_run(folder: Path) -> tuple[ExperimentSpec, dict[str, Any]] | None:
+    """The resolved spec and swept values a run folder stored, or None where it holds no run."""
+    try:
+        data = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
+        return None
+    swept = data.pop("swept", None) or {}
+    data.pop("run_id")
+    try:  # keys an older release did not have take their defaults, which keep its behaviour
+        return spec_from_dict(data), swept
+    except SpecError:  # a key this release no longer knows: not a run it can continue
+        return None
+
+
+def adopt_earlier_runs(exp: ExperimentPaths, runs: Sequence[Run]) -> list[Adopted]:
+    """Adopt run folders that an earlier release named by its own id rule (before 0.2.0 the id hashed
+    the whole resolved spec): where a folder's stored spec makes one of ``runs`` today, and that run
+    has no folder yet, ``<exp>/<run_id>`` becomes a relative symbolic link to it. Nothing moves, so a
+    job the earlier release queued, which names the folder by its old id, still finds its work; and
+    re-submitting trains nothing that finished and resumes what did not. Idempotent; a link is made
+    atomically (made aside, then renamed into place), so two submissions at once cannot clash."""
+    missing = {run.run_id for run in runs if not os.path.lexists(exp.run(run.run_id).root)}
+    if not missing or not exp.root.is_dir():
+        return []
+    planned = {run.run_id for run in runs}
+    adopted = []
+    for folder in sorted(exp.root.iterdir()):
+        if folder.is_symlink() or not folder.is_dir() or folder.name in planned or folder.name.startswith("."):
+            continue
+        stored = _stored_run(folder)
+        if stored is None:
+            continue
+        current = run_id(*stored)
+        if current not in missing:
+            continue
+        aside = exp.root / f".{current}.adopting-{os.getpid()}"
+        aside.unlink(missing_ok=True)
+        os.symlink(folder.name, aside)
+        try:
+            if os.path.lexists(exp.root / current):  # made meanwhile by another submission
+                raise FileExistsError(current)
+            os.rename(aside, exp.root / current)
+        except OSError:
+            aside.unlink(missing_ok=True)
+            continue
+        missing.discard(current)
+        adopted.append(Adopted(current, folder.name))
+    return adopted
+
+
+def adopted_folders(exp: ExperimentPaths) -> dict[str, str]:
+    """Earlier id -> current id of every run folder adopted in ``exp``."""
+    if not exp.root.is_dir():
+        return {}
+    return {
+        os.readlink(link): link.name
+        for link in exp.root.iterdir()
+        if link.is_symlink() and "/" not in os.readlink(link) and (exp.root / os.readlink(link)).is_dir()
+    }
 
 
 def load_run_spec(paths: RunPaths) -> ExperimentSpec:
