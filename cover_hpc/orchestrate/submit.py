@@ -35,6 +35,7 @@ from typing import Any
 
 from cover_hpc.job import StageTask, TrainTask
 from cover_hpc.model import weights
+from cover_hpc.orchestrate import sbatch
 from cover_hpc.runtime import preemption
 from cover_hpc.spec.schema import ExperimentSpec, Problem, SlurmConfig, SpecError, spec_from_dict, to_dict
 from cover_hpc.spec.sweep import Run, expand
@@ -554,10 +555,8 @@ LOCAL_LOCK_WAIT_S = 6 * 3600.0
 
 
 def _sbatch_text(plan: Plan, params: dict[str, Any]) -> str:
-    from submitit.slurm.slurm import _make_sbatch_string
-
     command = f"{job_step_command()} -u -m submitit.core._submit <folder>"
-    return str(_make_sbatch_string(command=command, folder=str(plan.exp.logs / "%j"), **params))
+    return sbatch.render(command, str(plan.exp.logs / "%j"), params)
 
 
 def render_dry_run(plan: Plan) -> str:
