@@ -9,7 +9,7 @@ if _os.environ.get("COVER_HPC_JOB") == "1":  # first thing in a job step: stop s
 
 from cover_hpc import _torchvision_compat
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Must run before anything imports transformers, diffusers, peft or open_clip.
 _torchvision_compat.install()
