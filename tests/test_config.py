@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import types
+import typing
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cover_hpc.spec.load import load_spec
-from cover_hpc.spec.schema import ExperimentSpec, SpecError
+from cover_hpc.spec.schema import ExperimentSpec, SpecError, to_dict
 
 from .conftest import REPO
 
@@ -26,9 +30,27 @@ def problems_of(path: Path | None = None, overrides: tuple[str, ...] = ()) -> st
     return str(caught.value)
 
 
+#: Keys where the original recipe's config (configs/book_covers_sdxl.yaml) differs from the defaults on
+#: purpose: its name and data folders, and its snapshot validation (a pipeline choice, not the recipe).
+RECIPE_CONFIG_ONLY = {"name", "data.train_dir", "data.test_dir", "validate.every_steps", "validate.tasks"}
+
+
+def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        is_section = isinstance(value, dict) and not prefix and key != "sweep"
+        out.update(flat(value, f"{key}.") if is_section else {f"{prefix}{key}": value})
+    return out
+
+
 def test_defaults_are_the_original_recipe() -> None:
+    """Every setting of the defaults is the original recipe's (its config, less RECIPE_CONFIG_ONLY)."""
     spec = load_spec()
     assert spec == ExperimentSpec()
+    defaults, recipe = flat(to_dict(spec)), flat(to_dict(load_spec(REPO / "configs" / "book_covers_sdxl.yaml")))
+    assert defaults.keys() == recipe.keys()
+    differ = {key for key in defaults if defaults[key] != recipe[key]}
+    assert differ == RECIPE_CONFIG_ONLY, {key: (defaults[key], recipe[key]) for key in differ ^ RECIPE_CONFIG_ONLY}
     assert spec.data.size == (1152, 896)
     assert (spec.optim.lr_unet, spec.optim.lr_text_encoder, spec.optim.lr_text_encoder_2) == (1e-4, 5e-5, 1e-5)
     assert spec.lora.rank == 32 and spec.optim.warmup_steps == 950
@@ -159,8 +181,12 @@ def test_missing_spec_file(tmp_path: Path) -> None:
     assert "spec file not found" in problems_of(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("name", ["book_covers_sdxl.yaml", "sweep_lr_rank.yaml", "demo.yaml"])
+SHIPPED = sorted(path.name for path in (REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_load(name: str) -> None:
+    assert {"book_covers_sdxl.yaml", "sweep_lr_rank.yaml", "demo.yaml"} <= set(SHIPPED)
     load_spec(REPO / "configs" / name)
 
 
@@ -181,27 +207,32 @@ def test_original_recipe_config_matches_the_seed_facts() -> None:
 # too deep or alias-bomb documents, files that are not UTF-8 text
 
 
-#: Every string key that reaches the sbatch script (job name, #SBATCH lines, setup) or a path.
-SCRIPT_KEYS = [
-    "name",
-    "output_dir",
-    "model.pretrained",
-    "model.vae",
-    "model.revision",
-    "model.variant",
-    "data.train_dir",
-    "data.test_dir",
-    "data.cache_dir",
-    "data.caption_column",
-    "data.image_column",
-    "validate.prompts",
-    "validate.clip_model",
-    "infer.books_file",
-    "slurm.partition",
-    "slurm.account",
-    "slurm.qos",
-    "slurm.constraint",
-]
+#: String keys that are free text, where a line break is allowed.
+FREE_TEXT = {"infer.negative_prompt"}
+
+
+def string_keys(cls: Any = ExperimentSpec, prefix: str = "") -> list[str]:
+    """Every key of the schema that holds one string (``str`` or ``str | None``)."""
+    keys = []
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            keys += string_keys(tp, f"{prefix}{name}.")
+        elif tp is str or (typing.get_origin(tp) in (types.UnionType, typing.Union) and str in typing.get_args(tp)):
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+#: Every string key that reaches the sbatch script (job name, #SBATCH lines, setup) or a path: every
+#: string key of the schema but free text.
+SCRIPT_KEYS = [key for key in string_keys() if key not in FREE_TEXT]
+
+
+def test_script_keys_are_read_from_the_schema() -> None:
+    """The walk finds the string keys (plain and optional, in every section), free text included."""
+    known = {"name", "output_dir", "model.pretrained", "model.vae", "data.train_dir", "validate.clip_model",
+             "infer.books_file", "infer.typeset_font", "slurm.partition", "slurm.constraint"}  # fmt: skip
+    assert known <= set(SCRIPT_KEYS), set(SCRIPT_KEYS)
+    assert set(string_keys()) == set(SCRIPT_KEYS) | FREE_TEXT
 
 
 def yaml_setting(dotted: str, yaml_value: str) -> tuple[str, int]:
@@ -229,24 +260,21 @@ def test_newline_in_a_script_or_path_value_is_refused_on_the_command_line(key: s
     assert "remove the control character '\\n' (U+000A)" in message
 
 
-@pytest.mark.parametrize(
-    ("escape", "shown", "code"),
-    [
-        ("\\r", "\\r", "000D"),
-        ("\\t", "\\t", "0009"),
-        ("\\0", "\\x00", "0000"),
-        ("\\e", "\\x1b", "001B"),
-        ("\\x7f", "\\x7f", "007F"),
-        ("\\N", "\\x85", "0085"),
-        ("\\L", "\\u2028", "2028"),
-        ("\\P", "\\u2029", "2029"),
-    ],
-)
-def test_every_control_character_and_line_separator_is_refused(
-    tmp_path: Path, escape: str, shown: str, code: str
-) -> None:
-    message = problems_of(write(tmp_path, f'slurm:\n  partition: "gpu{escape}x"\n'))
-    assert f"line 2: slurm.partition: got 'gpu{shown}x'; remove the control character '{shown}' (U+{code})" in message
+#: Every control character (C0, DEL, C1) and the line and paragraph separators, from Unicode's own categories.
+CONTROLS = [code for code in range(0x3000) if unicodedata.category(chr(code)) in ("Cc", "Zl", "Zp")]
+
+
+def test_every_control_character_and_line_separator_is_refused(tmp_path: Path) -> None:
+    assert len(CONTROLS) == 32 + 1 + 32 + 2 and {0x0, 0x1B, 0x85, 0x2028, 0x2029} <= set(CONTROLS)
+    missed = []
+    for code in CONTROLS:
+        escape = f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"  # YAML's own escapes
+        shown = repr(chr(code))[1:-1]
+        message = problems_of(write(tmp_path, f'slurm:\n  partition: "gpu{escape}x"\n'))
+        expected = f"line 2: slurm.partition: got 'gpu{shown}x'; remove the control character '{shown}' (U+{code:04X})"
+        if expected not in message:
+            missed.append((f"U+{code:04X}", message))
+    assert not missed, missed
 
 
 def test_setup_line_with_a_newline_is_refused_with_the_list_fix(tmp_path: Path) -> None:
