@@ -65,6 +65,15 @@ def image_bytes(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
 
 
+def lock_holder(lock: Path, slot: int) -> subprocess.Popen[str]:
+    """Another process holding byte ``slot`` of ``lock`` until the test kills it (not for a set time: a
+    slow machine must not see it let go mid-test); it prints "held" once it holds it."""
+    code = ("import sys; from pathlib import Path; from cover_hpc.store import locks\n"
+            f"with locks.held(Path({str(lock)!r}), 'x', slot={slot}):\n"
+            " print('held', flush=True); sys.stdin.read()")  # fmt: skip
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
 def test_validation_is_deterministic_and_scores_both_models(trained: tuple[ExperimentSpec, RunPaths]) -> None:
     spec, paths = trained
     first = validate(spec, paths)
@@ -273,10 +282,7 @@ def test_a_stop_request_ends_inference_between_batches_and_a_held_shard_is_refus
         preemption.reset()
     assert not out.manifest(0).exists()  # stopped before its first batch: nothing written
     # another process holds shard 1: this one is turned away before touching a file
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from cover_hpc import locks\n"
-        f"with locks.held(Path({str(out.lock)!r}), 'x', slot=1):\n print('held', flush=True); time.sleep(60)")],
-        stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = lock_holder(out.lock, slot=1)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         with pytest.raises(
@@ -415,10 +421,7 @@ def test_two_validations_at_once_share_the_points(trained: tuple[ExperimentSpec,
     one = dataclasses.replace(spec, validate=dataclasses.replace(spec.validate, num_prompts=1))
     out = paths.validation(validation_key(one))
     step4 = 4 + 2  # the lock byte of the point at step 4 (cover_hpc.stages.validate.PointJob.slot)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from cover_hpc import locks\n"
-        f"with locks.held(Path({str(out.lock)!r}), 'x', slot={step4}):\n print('held', flush=True); time.sleep(120)")],
-        stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = lock_holder(out.lock, slot=step4)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         assert validate(one, paths) is None  # scored base and final; step 4 is the holder's
