@@ -423,3 +423,43 @@ def test_older_and_partial_files_fall_back(tmp_path: Path) -> None:
     assert all(img.attrs["src"].startswith("data:image/jpeg;base64,") for img in root.all("img")
                if img.attrs.get("class") not in ("plot", "curve"))  # fmt: skip
     assert (exp / "report" / "summary.md").read_text().count("| half-written |") == 1
+
+
+def test_files_written_through_the_records_read_as_before(tmp_path: Path) -> None:
+    """The records add schema_version to the files the report reads and keep every other name: an
+    experiment whose manifest and train result carry it gives the same summary as one whose files
+    do not (the releases before records)."""
+    from cover_hpc.store.records import ManifestRow, TrainResult, read_record_lines, write_record, write_records
+
+    summaries = []
+    for name in ("before", "records"):
+        exp = tmp_path / name / "exp"
+        run = write_run(exp, Run("run-a", values={0: (3.0, 20.0), 4: (1.5, 24.0), 8: (1.9, 26.0)}))
+        write_typeset_inference(run)
+        if name == "records":
+            manifest = run / "infer" / "books-0123abcd" / "manifest.jsonl"
+            write_records(manifest, read_record_lines(manifest, ManifestRow))
+            write_record(run / "train" / "train_result.json", TrainResult(
+                status="finished", steps=8, total_steps=8, epochs=1.0, final_loss=0.125, mean_loss=0.5,
+                wall_time_s=1.0, samples_per_s=1.0, peak_memory_mb=1.0, requeues=0, world_size=1,
+            ))  # fmt: skip
+            assert manifest.read_text().count('"schema_version": 1') == 3
+        build_report(exp)
+        summaries.append((exp / "report" / "summary.md").read_text())
+    assert summaries[0] == summaries[1] and "2 of 3 covers finished" in summaries[1]
+
+
+def test_a_folder_without_runs_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    def tree(root: Path) -> dict[str, bytes | None]:
+        return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in [root, *root.rglob("*")]}
+
+    exp = tmp_path / "exp"
+    (exp / "not-a-run" / "train").mkdir(parents=True)  # no config.json: not a run
+    (exp / "not-a-run" / "train" / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    before = tree(exp)
+    with pytest.raises(FileNotFoundError, match=r"no runs \(folders with config\.json\) in .*exp"):
+        build_report(exp)
+    assert tree(exp) == before
+    with pytest.raises(FileNotFoundError, match="no runs"):
+        build_report(tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()

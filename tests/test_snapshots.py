@@ -19,8 +19,9 @@ import pytest
 
 from cover_hpc.spec.schema import ValidateConfig
 from cover_hpc.spec.vocab import CheckpointError
-from cover_hpc.stages.select import SelectionError, select
+from cover_hpc.stages.select import Choice, SelectionError, select
 from cover_hpc.store.paths import RunPaths
+from cover_hpc.store.records import SelectionPoint
 from cover_hpc.store.snapshots import lora_points, resolve_checkpoint, snapshot_steps
 
 from .conftest import REPO
@@ -36,8 +37,8 @@ def test_snapshot_steps_are_inside_the_run_and_merge_both_keys() -> None:
     assert snapshot_steps(ValidateConfig(), 12) == []
 
 
-def record(step: int, kind: str, **metrics: float | None) -> dict[str, object]:
-    return {"step": step, "kind": kind, "metrics": metrics}
+def record(step: int, kind: str, **metrics: float | None) -> SelectionPoint:
+    return SelectionPoint(f"step-{step:08d}", step, kind, metrics)
 
 
 def test_selection_takes_the_metric_in_its_direction_and_never_the_base_model() -> None:
@@ -47,13 +48,13 @@ def test_selection_takes_the_metric_in_its_direction_and_never_the_base_model() 
         record(8, "snapshot", clip_score=14.5, cmmd=1.5, heldout_loss=0.20),
         record(12, "final", clip_score=13.0, cmmd=1.0, heldout_loss=0.25),
     ]
-    assert select(records, "clip_score") == {"metric": "clip_score", "direction": "max", "step": 8, "value": 14.5}
-    assert select(records, "cmmd")["step"] == 12  # lower is better
-    assert select(records, "heldout_loss")["step"] == 8
+    assert select(records, "clip_score") == Choice("clip_score", "max", 8, 14.5)
+    assert select(records, "cmmd").step == 12  # lower is better
+    assert select(records, "heldout_loss").step == 8
     tie = [record(4, "snapshot", clip_score=14.0), record(8, "final", clip_score=14.0)]
-    assert select(tie, "clip_score")["step"] == 4  # a tie goes to the earlier, less trained LoRA
+    assert select(tie, "clip_score").step == 4  # a tie goes to the earlier, less trained LoRA
     partial = [record(4, "snapshot", ocr_exact=None), record(8, "final", ocr_exact=0.5)]
-    assert select(partial, "ocr_exact")["step"] == 8
+    assert select(partial, "ocr_exact").step == 8
     with pytest.raises(SelectionError, match=r"no LoRA point has a ocr_similarity value; it needs validate\.ocr"):
         select(partial, "ocr_similarity")
     with pytest.raises(SelectionError, match="is not one of"):

@@ -18,10 +18,12 @@ from cover_hpc.model.sampling import MissingLoraError, load_generator
 from cover_hpc.spec.load import load_spec
 from cover_hpc.spec.schema import ExperimentSpec
 from cover_hpc.spec.sweep import expand
+from cover_hpc.spec.vocab import CheckpointError
 from cover_hpc.stages.infer import infer_shard, shard_of
 from cover_hpc.stages.report import build_report
 from cover_hpc.stages.validate import validate
 from cover_hpc.store.captions import read_books
+from cover_hpc.store.data import DataError
 from cover_hpc.store.paths import RunPaths
 from cover_hpc.store.runs import inference_key, prepare_run, validation_key
 
@@ -432,3 +434,129 @@ def test_two_validations_at_once_share_the_points(trained: tuple[ExperimentSpec,
         holder.wait()
     result = validate(one, paths)
     assert result is not None and [p["step"] for p in result["points"]] == [0, 4, 8]
+
+
+# --------------------------------------------------------------------------------------------
+# A refused input leaves the experiment as it was
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` (and root itself), with each file's bytes."""
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in [root, *root.rglob("*")]}
+
+
+@pytest.fixture
+def finished_run(tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path) -> tuple[Path, Path]:
+    """A spec file and its one run, which has finished training (its files stand in for a LoRA:
+    nothing here gets as far as loading one)."""
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(json.dumps({
+        "name": "refused", "output_dir": str(tmp_path / "experiments"), "model": {"pretrained": str(tiny_model_dir)},
+        "data": {"train_dir": str(demo_data_dir / "train_set"), "test_dir": str(demo_data_dir / "test_set"),
+                 "size": [64, 64]},
+        "validate": {"every_steps": 4, "num_prompts": 2},
+        "infer": {"books_file": str(demo_data_dir / "books.jsonl"), "shards": 2},
+    }))  # fmt: skip
+    spec = load_spec(spec_file)
+    (run,) = expand(spec)
+    paths = prepare_run(spec, run)
+    paths.snapshot(4).mkdir(parents=True)
+    (paths.snapshot(4) / "pytorch_lora_weights.safetensors").write_bytes(b"snapshot 4")
+    paths.lora_weights.write_bytes(b"final")
+    paths.train_result.write_text(json.dumps({"steps": 8}))
+    return spec_file, paths.root
+
+
+def refused(spec_file: Path, overrides: list[str], root: Path) -> tuple[ExperimentSpec, RunPaths]:
+    """The finished run with the spec as ``overrides`` change it (a new model would be another run id:
+    here the same run is asked to use it)."""
+    (run,) = expand(load_spec(spec_file, overrides))
+    return run.spec, RunPaths(root)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        (["infer.books_file=missing.jsonl"], FileNotFoundError, "books file not found: missing.jsonl"),
+        (["infer.books_file=EMPTY"], ValueError, "holds no usable books"),
+        (["infer.checkpoint=6"], CheckpointError, "no snapshot at step 6; its LoRA points are at steps 4, 8"),
+        (["infer.checkpoint=best"], CheckpointError, "has 2 LoRA points and no selection yet"),
+        (
+            ["model.pretrained=no-such-model", "infer.checkpoint=final"],
+            FileNotFoundError,
+            "model.pretrained: folder 'no-such-model' does not",
+        ),
+    ],
+    ids=["books-file", "empty-books-file", "step", "no-selection", "model"],
+)
+def test_a_refused_inference_input_leaves_the_experiment_as_it_was(
+    finished_run: tuple[Path, Path], tmp_path: Path, overrides: list[str], error: type[Exception], message: str
+) -> None:
+    """The books file, the LoRA infer.checkpoint names and the model are read before the shard's lock
+    or folder is made: no empty <run>/infer/<key>/ with lock files is left behind."""
+    from cover_hpc.stages.infer import check_inputs, infer_run
+
+    spec_file, root = finished_run
+    emptied = tmp_path / "emptied.jsonl"
+    emptied.write_text('{"id": "a", "title": "A"}\n{"id": "b", "title": "B"}\n')
+    spec, paths = refused(spec_file, [o.replace("EMPTY", str(emptied)) for o in overrides], root)
+    emptied.write_text("\n")  # since planned (the spec's checks refuse it then)
+    before = tree(root.parent)
+    for shard in (0, 1):
+        with pytest.raises(error, match=message):
+            infer_shard(spec, paths, shard)
+    with pytest.raises(error, match=message):
+        check_inputs(spec, paths)
+    with pytest.raises(error, match=message):
+        infer_run(paths.root, 0, spec)
+    assert tree(root.parent) == before
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        (["validate.prompts=missing.jsonl"], FileNotFoundError, "books file not found: missing.jsonl"),
+        (["data.test_dir=missing_test_set"], DataError, "data folder not found: missing_test_set"),
+        (["validate.prompts=BOOKS", "data.test_dir=missing_test_set", "validate.select_by=cmmd"], DataError,
+         r"data folder not found: missing_test_set; set data\.test_dir"),
+        (["validate.clip_model=./no-clip"], FileNotFoundError, "validate.clip_model: folder 'no-clip' does not"),
+        (["model.pretrained=no-such-model"], FileNotFoundError, "model.pretrained: folder 'no-such-model' does not"),
+        (["UNTRAINED"], ValueError, "has not finished training"),
+    ],
+    ids=["prompts-file", "test-dir-prompts", "test-dir-select-by", "clip-model", "model", "untrained"],
+)  # fmt: skip
+def test_a_refused_validation_input_leaves_the_experiment_as_it_was(
+    finished_run: tuple[Path, Path], demo_data_dir: Path, overrides: list[str], error: type[Exception], message: str
+) -> None:
+    from cover_hpc.stages.validate import check_inputs, validate_run
+
+    spec_file, root = finished_run
+    if overrides == ["UNTRAINED"]:
+        (root / "train" / "train_result.json").unlink()
+        overrides = []
+    overrides = [o.replace("BOOKS", str(demo_data_dir / "books.jsonl")) for o in overrides]
+    spec, paths = refused(spec_file, overrides, root)
+    before = tree(root.parent)
+    for task in (None, 0):
+        with pytest.raises(error, match=message):
+            validate(spec, paths, task)
+    with pytest.raises(error, match=message):
+        check_inputs(spec, paths)
+    with pytest.raises(error, match=message):
+        validate_run(paths.root, spec)
+    assert tree(root.parent) == before
+
+
+def test_a_folder_that_is_not_a_run_is_refused_by_every_stage(tmp_path: Path) -> None:
+    from cover_hpc.stages.infer import infer_run
+    from cover_hpc.stages.validate import validate_run
+
+    folder = tmp_path / "experiments" / "x" / "not-a-run"
+    folder.mkdir(parents=True)
+    before = tree(tmp_path)
+    for stage in (lambda: infer_run(folder, 0), lambda: validate_run(folder)):
+        with pytest.raises(FileNotFoundError, match=r"config\.json not found: .*not-a-run is not a run folder"):
+            stage()
+    assert tree(tmp_path) == before

@@ -290,3 +290,49 @@ def test_frozen_text_encoders_use_cached_embeddings(tmp_path: Path, tiny_model_d
     assert len(entries) == 21  # one per distinct caption
     keys = load_file(run / "train" / "pytorch_lora_weights.safetensors").keys()
     assert keys and all(k.startswith("unet.") for k in keys)
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` (and root itself), with each file's bytes."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in [root, *root.rglob("*")]}
+
+
+def test_a_refused_training_input_leaves_the_run_as_it_was(
+    tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path
+) -> None:
+    """A training folder without its metadata, a base model or VAE named as a folder that is not
+    there, a run folder without config.json: each is refused before the training lock, starts.jsonl
+    or train/ is made (in-process, as the job entry point calls it)."""
+    import dataclasses
+
+    from cover_hpc.stages.train import train as train_stage
+    from cover_hpc.stages.train import train_run
+    from cover_hpc.store.data import DataError
+    from cover_hpc.store.paths import RunPaths
+
+    spec = load_spec(write_spec(tmp_path, tiny_model_dir, demo_data_dir))
+    (run,) = expand(spec)
+    paths = prepare_run(spec, run)
+    (tmp_path / "no_metadata").mkdir()
+    experiment = paths.root.parent
+    before = tree(experiment)
+    data, model = run.spec.data, run.spec.model
+    refused = [
+        (dataclasses.replace(data, train_dir=str(tmp_path / "gone")), model, DataError, "data folder not found"),
+        (dataclasses.replace(data, train_dir=str(tmp_path / "no_metadata")), model, DataError,
+         r"\(data\.train_dir\) has neither metadata\.jsonl nor metadata\.csv"),
+        (data, dataclasses.replace(model, pretrained=str(tmp_path / "no-model")), FileNotFoundError,
+         "model.pretrained: folder .*no-model' does not exist"),
+        (data, dataclasses.replace(model, vae=str(tmp_path / "no-vae")), FileNotFoundError,
+         "model.vae: folder .*no-vae' does not exist"),
+    ]  # fmt: skip
+    for new_data, new_model, error, message in refused:
+        with pytest.raises(error, match=message):
+            train_stage(dataclasses.replace(run.spec, data=new_data, model=new_model), paths)
+    assert tree(experiment) == before
+    not_a_run = RunPaths(experiment / "not-a-run")
+    not_a_run.root.mkdir()
+    before = tree(experiment)
+    with pytest.raises(FileNotFoundError, match=r"config\.json not found: .*not-a-run is not a run folder"):
+        train_run(not_a_run.root)
+    assert tree(experiment) == before

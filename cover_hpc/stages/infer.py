@@ -9,6 +9,7 @@ finish merges the manifests.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,8 +25,9 @@ from cover_hpc.spec.schema import ExperimentSpec, InferConfig
 from cover_hpc.spec.vocab import CheckpointError
 from cover_hpc.stages.validate import safe_name
 from cover_hpc.store import atomic, locks
-from cover_hpc.store.captions import Book, book_caption, read_books
+from cover_hpc.store.captions import Book, BooksFile, book_caption, read_books
 from cover_hpc.store.paths import InferencePaths, RunPaths
+from cover_hpc.store.records import ManifestRow, append_record, read_record_lines, write_records
 from cover_hpc.store.snapshots import Point, resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -58,20 +60,17 @@ def image_name(book: Book) -> str:
     return f"{safe_name(book.book_id)[:80]}-{digest}.png"
 
 
-def done_books(manifest: Path, images: Path) -> dict[str, dict[str, Any]]:
-    """Manifest lines whose image is on disk, by book id."""
+def done_books(manifest: Path, images: Path) -> dict[str, ManifestRow]:
+    """Manifest lines whose image is on disk, by book id (a line cut by a kill mid-write is left
+    out: its book is generated again)."""
     if not manifest.is_file():
         return {}
     done = {}
-    for line in manifest.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill mid-write: its book is generated again
+    for row in read_record_lines(manifest, ManifestRow):
         # done: its cover is on disk, or (typeset) its art is and the title could not be set on it
-        kept = record.get("image") or record.get("art")
-        if isinstance(kept, str) and (images.parent / kept).is_file():
-            done[record["book_id"]] = record
+        kept = row.image or row.art
+        if kept and (images.parent / kept).is_file():
+            done[row.book_id] = row
     return done
 
 
@@ -79,46 +78,72 @@ def infer_shard(spec: ExperimentSpec, paths: RunPaths, shard: int) -> ShardResul
     """Generate the covers of one shard into ``<run>/infer/<key>/``; merge all manifests if this was
     the last shard to finish.
 
-    One process at a time runs a shard (a second is turned away before it touches a file); a stop
+    Its inputs (the books file, the trained LoRA, the models, the OCR readers of infer.typeset_verify)
+    are read before any folder or lock is made, so one that is refused leaves the run as it was. One
+    process at a time runs a shard (a second is turned away before it touches a file); a stop
     request (SLURM's signal) raises :class:`cover_hpc.runtime.preemption.Stopped` between batches, and the
     next start generates only what is missing.
     """
     from cover_hpc.store.runs import inference_key
 
+    env.set_offline_defaults()
     config = spec.infer
     if not 0 <= shard < config.shards:
         raise ValueError(f"shard {shard} is outside 0..{config.shards - 1} (infer.shards={config.shards})")
-    out = paths.inference(inference_key(spec))
+    out = paths.inference(inference_key(spec))  # ValueError without infer.books_file
+    books, point = _inputs(spec, paths)
+    finisher = Finisher(config, out) if config.typeset else None
     with locks.held(out.lock, f"inference shard {shard} of run {paths.root.name} in {out.root}", slot=shard):
         preemption.check()
-        return _infer_shard(spec, paths, out, shard)
+        return _infer_shard(spec, paths, out, shard, books, point, finisher)
 
 
-def _infer_shard(spec: ExperimentSpec, paths: RunPaths, out: InferencePaths, shard: int) -> ShardResult:
-    env.set_offline_defaults()
+def check_inputs(spec: ExperimentSpec, paths: RunPaths) -> None:
+    """Refuse, writing nothing, what :func:`infer_shard` would refuse before it starts: no
+    ``infer.books_file``, or one that is missing or holds no book, a LoRA ``infer.checkpoint`` does
+    not find (an unfinished run, no selection, a step without a snapshot), a base model named as a
+    folder that does not exist."""
+    from cover_hpc.store.runs import inference_key
+
+    inference_key(spec)
+    _inputs(spec, paths)
+
+
+def _inputs(spec: ExperimentSpec, paths: RunPaths) -> tuple[BooksFile, Point]:
+    from cover_hpc.stages.inputs import check_models
+
+    assert spec.infer.books_file
+    books = read_books(Path(spec.infer.books_file))
+    point = lora_of(spec, paths)
+    check_models(spec, ("model.pretrained", "model.vae"))
+    return books, point
+
+
+def _infer_shard(
+    spec: ExperimentSpec, paths: RunPaths, out: InferencePaths, shard: int, books_file: BooksFile, point: Point,
+    finisher: Finisher | None,
+) -> ShardResult:  # fmt: skip
     config = spec.infer
-    assert config.books_file
-    books_file = read_books(Path(config.books_file))
     for problem in books_file.problems:
         log.warning(problem)
     mine = shard_of(books_file.books, shard, config.shards)
     manifest = out.manifest(shard)
     out.images.mkdir(parents=True, exist_ok=True)
+    record_checkpoint(spec, paths, out, point)
     done = done_books(manifest, out.images)
     todo = [book for book in mine if book.book_id not in done]
     if done:  # rewrite the manifest without lines whose image was lost
-        atomic.write_text(manifest, "".join(json.dumps(r) + "\n" for r in done.values()))
+        write_records(manifest, done.values())
     seconds = 0.0
-    finisher = Finisher(config, out) if config.typeset else None
     if finisher is not None:  # art kept by a start that stopped before typesetting it: typeset only
+        out.art.mkdir(parents=True, exist_ok=True)
         drawn = [book for book in todo if (out.art / image_name(book)).is_file()]
         for book in drawn:
             preemption.check()
             with Image.open(out.art / image_name(book)) as art:
                 art.load()
-                _append(manifest, _record(book, config, 0.0) | finisher.finish(book, art))
+                append_record(manifest, finisher.finish(book, art, _row(book, config, 0.0, point.step)))
         todo = [book for book in todo if book not in drawn]
-    point = checkpoint_of(spec, paths, out)
     if todo:
         generator = load_generator(
             spec.model, point.weights, spec.data.max_caption_tokens, config.precision, config.scheduler,
@@ -133,15 +158,15 @@ def _infer_shard(spec: ExperimentSpec, paths: RunPaths, out: InferencePaths, sha
             images, spent = generator.generate(prompts, seeds, config.steps, config.guidance, config.size, negative)
             seconds += spent
             for book, image in zip(batch, images, strict=True):
-                record = _record(book, config, spent / len(batch)) | {"checkpoint_step": point.step}
+                row = _row(book, config, spent / len(batch), point.step)
                 if finisher is None:
                     target = out.images / image_name(book)
                     atomic.save_image(image, target)
-                    record["image"] = f"images/{target.name}"
+                    row = dataclasses.replace(row, image=f"images/{target.name}")
                 else:
                     atomic.save_image(image, out.art / image_name(book))
-                    record |= finisher.finish(book, image)
-                _append(manifest, record)
+                    row = finisher.finish(book, image, row)
+                append_record(manifest, row)
     job = env.slurm_job()
     result = ShardResult(
         shard, config.shards, len(mine), len(todo), len(mine) - len(todo), seconds, books_file.problems,
@@ -169,26 +194,36 @@ def selection_of(spec: ExperimentSpec, paths: RunPaths) -> Path:
     return other if other.is_file() else own
 
 
-def checkpoint_of(spec: ExperimentSpec, paths: RunPaths, out: InferencePaths) -> Point:
-    """The LoRA that ``infer.checkpoint`` names, recorded in ``checkpoint.json`` by the first shard: a
-    folder's covers all come from one LoRA, and a later start that resolves another one stops."""
-    point = resolve_checkpoint(paths, spec.infer.checkpoint, selection_of(spec, paths), spec.validate.select_by)
-    record = {"checkpoint": spec.infer.checkpoint, "step": point.step, "final": point.final,
-              "weights": str(point.weights)}  # fmt: skip
-    path = out.root / "checkpoint.json"
+def lora_of(spec: ExperimentSpec, paths: RunPaths) -> Point:
+    """The LoRA that ``infer.checkpoint`` names (read only: CheckpointError when there is none)."""
+    return resolve_checkpoint(paths, spec.infer.checkpoint, selection_of(spec, paths), spec.validate.select_by)
+
+
+def record_checkpoint(spec: ExperimentSpec, paths: RunPaths, out: InferencePaths, point: Point) -> None:
+    """Record ``point`` in ``checkpoint.json``, or check it against the one recorded by the first
+    shard: a folder's covers all come from one LoRA, and a later start that resolves another one stops."""
+    path = out.checkpoint
     if path.is_file():
-        before = json.loads(path.read_text())
-        if before.get("step") != point.step:
+        try:
+            before = json.loads(path.read_text())
+            step = before["step"]
+        except (ValueError, KeyError, TypeError) as error:
             raise CheckpointError(
-                f"the covers in {out.root} were made with the LoRA of step {before.get('step')}, but "
+                f"{path} is not one cover-hpc wrote ({type(error).__name__}: {error}); move {out.root} away to make "
+                "its covers again"
+            ) from None
+        if step != point.step:
+            raise CheckpointError(
+                f"the covers in {out.root} were made with the LoRA of step {step}, but "
                 f"infer.checkpoint={spec.infer.checkpoint} now names step {point.step}; move that folder away to "
-                f"make them again, or set infer.checkpoint={before.get('step')}"
+                f"make them again, or set infer.checkpoint={step}"
             )
     else:
+        record = {"checkpoint": spec.infer.checkpoint, "step": point.step, "final": point.final,
+                  "weights": str(point.weights)}  # fmt: skip
         atomic.write_json(path, record)
     log.info("inference of run %s with the LoRA of step %d (%s)", paths.root.name, point.step,
              spec.infer.checkpoint)  # fmt: skip
-    return point
 
 
 def negative_prompt(config: InferConfig) -> str:
@@ -197,67 +232,60 @@ def negative_prompt(config: InferConfig) -> str:
     return ", ".join(part for part in (config.negative_prompt.strip(), extra.strip()) if part)
 
 
-def _record(book: Book, config: InferConfig, seconds: float) -> dict[str, Any]:
-    return {"book_id": book.book_id, "prompt": book_caption(book), "seed": book_seed(config.seed, book.book_id),
-            "seconds": seconds}  # fmt: skip
-
-
-def _append(manifest: Path, record: dict[str, Any]) -> None:
-    """One manifest line, flushed: a book counts as done only once its line is whole."""
-    with manifest.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
+def _row(book: Book, config: InferConfig, seconds: float, step: int) -> ManifestRow:
+    return ManifestRow(book_id=book.book_id, prompt=book_caption(book), seed=book_seed(config.seed, book.book_id),
+                       seconds=seconds, checkpoint_step=step)  # fmt: skip
 
 
 class Finisher:
     """Typesets the exact title and author over generated art (infer.typeset), reads the title back
-    by OCR (infer.typeset_verify) and records the layout; see cover_hpc.typeset."""
+    by OCR (infer.typeset_verify) and records the layout; see cover_hpc.typeset. Made before the
+    shard's lock (an OCR engine that is missing refuses the shard before it writes anything)."""
 
     def __init__(self, config: InferConfig, out: InferencePaths) -> None:
         from cover_hpc.metrics import ocr
 
         self.config = config
         self.out = out
-        out.art.mkdir(parents=True, exist_ok=True)
         self.reader = ocr.load_ocr("auto") if config.typeset_verify else None
         self.second = ocr.load_second_reader() if config.typeset_verify else None  # lines the first misses
 
-    def finish(self, book: Book, art: Any) -> dict[str, Any]:
-        """Manifest fields of one book: its art, and its finished cover with the layout, or the error."""
+    def finish(self, book: Book, art: Any, row: ManifestRow) -> ManifestRow:
+        """``row`` with the book's art, and its finished cover with the layout, or the error."""
         from cover_hpc import typeset
 
         name = image_name(book)
-        fields: dict[str, Any] = {"art": f"art/{name}"}
+        row = dataclasses.replace(row, art=f"art/{name}")
         title = book.title or book.book_id
         try:
             result = typeset.typeset(art, title, author=book.author or None, genres=book.genres,
                                      font=self.config.typeset_font)  # fmt: skip
         except typeset.TypesetError as error:  # reported, and no cover written for this book
             log.warning("book %r: no finished cover: %s", book.book_id, error)
-            return fields | {"image": None, "error": str(error)}
+            return dataclasses.replace(row, image=None, error=str(error))
         atomic.save_image(result.image, self.out.images / name)
-        fields |= {"image": f"images/{name}", "layout": result.layout.to_dict(),
-                   "contrast": round(result.layout.contrast, 3)}  # fmt: skip
-        if self.reader is not None:
-            fields["ocr"] = typeset.read_back(result, self.reader, second=self.second)
-        return fields
+        read = typeset.read_back(result, self.reader, second=self.second) if self.reader is not None else None
+        return dataclasses.replace(row, image=f"images/{name}", layout=result.layout.to_dict(),
+                                   contrast=round(result.layout.contrast, 3), ocr=read)  # fmt: skip
 
 
 def merge_manifests(out: InferencePaths, books: list[Book], shards: int) -> Path | None:
     """Write the merged manifest (in books-file order) once every shard has finished."""
     if not all(out.shard_done(k).is_file() for k in range(shards)):
         return None
-    records: dict[str, dict[str, Any]] = {}
+    rows: dict[str, ManifestRow] = {}
     for shard in range(shards):
-        records.update(done_books(out.manifest(shard), out.images))
-    ordered = [records[b.book_id] for b in books if b.book_id in records]
-    atomic.write_text(out.manifest(), "".join(json.dumps(r) + "\n" for r in ordered))
+        rows.update(done_books(out.manifest(shard), out.images))
+    write_records(out.manifest(), [rows[b.book_id] for b in books if b.book_id in rows])
     return out.manifest()
 
 
 def infer_run(run_dir: Path, shard: int, spec: ExperimentSpec | None = None) -> ShardResult:
     """Run one inference shard of a run with ``spec`` (as submitted), or the one in its ``config.json``."""
+    from cover_hpc.stages.inputs import check_run_folder
     from cover_hpc.store.runs import load_run_spec
 
     paths = RunPaths(Path(run_dir).absolute())
+    if spec is None:
+        check_run_folder(paths)
     return infer_shard(spec or load_run_spec(paths), paths, shard)

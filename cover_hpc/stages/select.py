@@ -16,26 +16,51 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cover_hpc.spec.schema import ExperimentSpec, to_dict
 from cover_hpc.spec.vocab import METRICS, NEEDS
 from cover_hpc.store import atomic, locks
 from cover_hpc.store.paths import KOHYA_WEIGHTS, LORA_WEIGHTS, RunPaths
+from cover_hpc.store.records import RecordError, Selection, ValidationPoint, read_record, write_record
 
 
 class SelectionError(ValueError):
     """No point can be chosen by the metric asked for."""
 
 
-def select(records: Sequence[dict[str, Any]], metric: str) -> dict[str, Any]:
-    """The best LoRA point of ``records`` (each with ``step``, ``kind`` and ``metrics``) by ``metric``."""
+class Scored(Protocol):
+    """A point with its metrics (:class:`cover_hpc.store.records.ValidationPoint` or ``SelectionPoint``)."""
+
+    @property
+    def step(self) -> int: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def metrics(self) -> Mapping[str, float | None]: ...
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The point chosen by ``metric`` (in its ``direction``): its step and value."""
+
+    metric: str
+    direction: str
+    step: int
+    value: float
+
+
+def select(points: Sequence[Scored], metric: str) -> Choice:
+    """The best LoRA point of ``points`` by ``metric``."""
     if metric not in METRICS:
         raise SelectionError(f"validate.select_by={metric!r} is not one of {', '.join(METRICS)}")
     direction = METRICS[metric][0]
-    candidates = [r for r in records if r["kind"] != "base" and r["metrics"].get(metric) is not None]
+    candidates = [(p, value) for p in points if p.kind != "base" and (value := p.metrics.get(metric)) is not None]
     if not candidates:
         need = NEEDS.get(metric)
         hint = f"; it needs {need} (and data.test_dir for cmmd and heldout_loss, titles for ocr)" if need else ""
@@ -44,8 +69,8 @@ def select(records: Sequence[dict[str, Any]], metric: str) -> dict[str, Any]:
             "enable it, and validate again"
         )
     sign = 1.0 if direction == "max" else -1.0
-    best = max(candidates, key=lambda r: (sign * float(r["metrics"][metric]), -int(r["step"])))
-    return {"metric": metric, "direction": direction, "step": int(best["step"]), "value": best["metrics"][metric]}
+    best, value = max(candidates, key=lambda pv: (sign * float(pv[1]), -int(pv[0].step)))
+    return Choice(metric, direction, int(best.step), value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,16 +85,14 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def model_card(
-    spec: ExperimentSpec, paths: RunPaths, selection: dict[str, Any], samples: Sequence[tuple[str, str]]
-) -> str:
+def model_card(spec: ExperimentSpec, paths: RunPaths, selection: Selection, samples: Sequence[tuple[str, str]]) -> str:
     """``README.md`` for a model hub: YAML front matter (license left for the user), then what the
     LoRA is, how it was trained and chosen, its metrics against the base model, and sample covers."""
-    best = selection["best"]
-    points = selection["points"]
-    base = next((p for p in points if p["kind"] == "base"), None)
-    final = next((p for p in points if p["kind"] == "final"), None)
-    chosen = next(p for p in points if p["step"] == best["step"] and p["kind"] != "base")
+    best = selection.best
+    points = selection.points
+    base = next((p for p in points if p.kind == "base"), None)
+    final = next((p for p in points if p.kind == "final"), None)
+    chosen = next(p for p in points if p.step == best.step and p.kind != "base")
     lora, optim, train, data = spec.lora, spec.optim, spec.train, spec.data
     tags = ["stable-diffusion-xl", "stable-diffusion-xl-diffusers", "text-to-image", "diffusers", "lora",
             "template:sd-lora", "book-cover", "cover-hpc"]  # fmt: skip
@@ -83,14 +106,14 @@ def model_card(
         "# license: set the license of your training data and of the base model before uploading",
         "---",
     ]
-    rows = ["| metric | base model | this LoRA (step {}) | final LoRA |".format(best["step"]), "|---|---|---|---|"]
+    rows = [f"| metric | base model | this LoRA (step {best.step}) | final LoRA |", "|---|---|---|---|"]
     for name, (direction, _) in METRICS.items():
         better = "higher" if direction == "max" else "lower"
         rows.append(
-            f"| {name} ({better} is better) | {_fmt(base['metrics'].get(name) if base else None)} | "
-            f"{_fmt(chosen['metrics'].get(name))} | {_fmt(final['metrics'].get(name) if final else None)} |"
+            f"| {name} ({better} is better) | {_fmt(base.metrics.get(name) if base else None)} | "
+            f"{_fmt(chosen.metrics.get(name))} | {_fmt(final.metrics.get(name) if final else None)} |"
         )
-    axis = ", ".join(f"{p['step']}" for p in points if p["kind"] != "base")
+    axis = ", ".join(f"{p.step}" for p in points if p.kind != "base")
     hyper = [
         f"- LoRA rank {lora.rank}, alpha {lora.alpha}, dropout {lora.dropout}, on {', '.join(lora.parts)}",
         f"- learning rates: UNet {optim.lr_unet}, text encoder {optim.lr_text_encoder}, "
@@ -106,8 +129,8 @@ def model_card(
         "",
         f"A LoRA for Stable Diffusion XL that draws book covers from a book's title, publisher, genres and "
         f"description. Trained with cover-hpc (run `{paths.root.name}`); this is the snapshot at **step "
-        f"{best['step']}** ({best['kind']}), chosen by **{selection['select_by']}** "
-        f"({METRICS[selection['select_by']][1]}) among the points at steps {axis}.",
+        f"{best.step}** ({best.kind}), chosen by **{selection.select_by}** "
+        f"({METRICS[selection.select_by][1]}) among the points at steps {axis}.",
         "",
         "## Prompt",
         "",
@@ -137,7 +160,7 @@ def model_card(
         "",
         "## Validation",
         "",
-        f"On {selection.get('num_prompts', len(samples))} held-out books, same prompts and seeds for every point "
+        f"On {selection.num_prompts or len(samples)} held-out books, same prompts and seeds for every point "
         f"({spec.validate.steps} sampling steps, guidance {spec.validate.guidance}):",
         "",
         *rows,
@@ -152,16 +175,16 @@ def model_card(
     return "\n".join([*front, "", *body]) + "\n"
 
 
-def _same_best(folder: Path, selection: dict[str, Any]) -> bool:
+def _same_best(folder: Path, selection: Selection) -> bool:
     try:
-        old = json.loads((folder / "selection.json").read_text())
-    except (OSError, ValueError):
+        old = read_record(folder / "selection.json", Selection)
+    except (OSError, RecordError):
         return False
     return bool(old == selection and (folder / LORA_WEIGHTS).is_file() and (folder / "README.md").is_file())
 
 
 def publish_best(
-    spec: ExperimentSpec, paths: RunPaths, selection: dict[str, Any], best: dict[str, Any], items: Sequence[Any]
+    spec: ExperimentSpec, paths: RunPaths, selection: Selection, best: ValidationPoint, items: Sequence[Any]
 ) -> Path:
     """Fill ``<run>/best/`` with the chosen point's LoRA (kept as it is when already there). One
     process at a time (two validations of a run with different settings may finish together)."""
@@ -170,7 +193,7 @@ def publish_best(
 
 
 def _publish_best(
-    spec: ExperimentSpec, paths: RunPaths, selection: dict[str, Any], best: dict[str, Any], items: Sequence[Any]
+    spec: ExperimentSpec, paths: RunPaths, selection: Selection, best: ValidationPoint, items: Sequence[Any]
 ) -> Path:
     from cover_hpc.model.lora import export_kohya
 
@@ -180,17 +203,18 @@ def _publish_best(
     staging = paths.root / f".best-{os.getpid()}-{time.time_ns()}"
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "samples").mkdir(parents=True)
-    shutil.copyfile(best["weights"], staging / LORA_WEIGHTS)
+    assert best.weights is not None  # a LoRA point, never the base model
+    shutil.copyfile(best.weights, staging / LORA_WEIGHTS)
     export_kohya(staging / LORA_WEIGHTS, staging / KOHYA_WEIGHTS)
     samples = []
-    images = Path(best["images"])
+    images = Path(best.images)
     for item in list(items)[:SAMPLES]:
         source = images / item.file_name
         if source.is_file():
             shutil.copyfile(source, staging / "samples" / item.file_name)
             samples.append((f"samples/{item.file_name}", item.prompt))
     atomic.write_text(staging / "README.md", model_card(spec, paths, selection, samples))
-    atomic.write_json(staging / "selection.json", selection)
+    write_record(staging / "selection.json", selection)
     atomic.write_json(staging / "config.json", to_dict(spec))
     old = paths.root / f".best-old-{os.getpid()}-{time.time_ns()}"
     if target.exists():

@@ -46,6 +46,7 @@ from cover_hpc.store import atomic, checkpoint, locks, snapshots
 from cover_hpc.store.cache import DiskCache, file_key, latent_cache, module_hash, text_cache, text_key
 from cover_hpc.store.data import DataError, EpochBatchSampler, Sample, load_pixels, report_bad, scan
 from cover_hpc.store.paths import RunPaths
+from cover_hpc.store.records import TrainResult, read_record, write_record
 from cover_hpc.store.runs import count_requeues, record_start
 
 log = logging.getLogger(__name__)
@@ -58,25 +59,6 @@ STOP = preemption.STOP
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What a training start ended with; written as ``train_result.json`` when finished."""
-
-    status: str  # "finished", or "stopped" (checkpointed on request: run again to resume)
-    steps: int
-    total_steps: int
-    epochs: float
-    final_loss: float | None
-    mean_loss: float | None
-    wall_time_s: float
-    samples_per_s: float
-    peak_memory_mb: float
-    requeues: int
-    world_size: int
-    lora_weights: str | None = None
-    kohya_weights: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -676,10 +658,14 @@ def train(spec: ExperimentSpec, paths: RunPaths, stop_after: int | None = None) 
 
     Each rank holds its slot of the run's training lock throughout, so a second training of the
     same run (a second submission, a hand-started one) is turned away before it touches a file. A
-    run that already finished is left as it is.
+    run that already finished is left as it is. Its inputs (the training folder, the models named
+    as folders) are checked first: one refused leaves the run folder as it was.
     """
     env.set_offline_defaults()
     rank = env.dist_env().rank
+    finished = finished_result(paths)
+    if finished is None:
+        check_inputs(spec)
     with locks.held(paths.train_lock, f"training of run {paths.root.name} (rank {rank})", slot=rank):
         finished = finished_result(paths)
         if finished is not None:
@@ -692,17 +678,28 @@ def train(spec: ExperimentSpec, paths: RunPaths, stop_after: int | None = None) 
                     else 0)  # fmt: skip
             log.warning("stop requested (%s) before training started; stopping at step %d", preemption.received(),
                         step)  # fmt: skip
-            return TrainResult("stopped", step, 0, 0.0, None, None, 0.0, 0.0, 0.0, count_requeues(paths), 0)
+            return TrainResult(
+                status="stopped", steps=step, total_steps=0, epochs=0.0, final_loss=None, mean_loss=None,
+                wall_time_s=0.0, samples_per_s=0.0, peak_memory_mb=0.0, requeues=count_requeues(paths), world_size=0,
+            )  # fmt: skip
         return _train(spec, paths, stop_after)
 
 
+def check_inputs(spec: ExperimentSpec) -> None:
+    """Refuse, before anything is written, a training folder without its metadata and a base model
+    (or VAE) named as a folder that does not exist."""
+    from cover_hpc.stages.inputs import check_data_folder, check_models
+
+    check_data_folder(spec.data.train_dir, "data.train_dir")
+    check_models(spec, ("model.pretrained", "model.vae"))
+
+
 def finished_result(paths: RunPaths) -> TrainResult | None:
-    """The result of a run whose training finished (its result and LoRA are on disk), else None."""
+    """The result of a run whose training finished (its result and LoRA are on disk), else None;
+    :class:`cover_hpc.store.records.RecordError` when its ``train_result.json`` is not one."""
     if not (paths.train_result.is_file() and paths.lora_weights.is_file()):
         return None
-    data = json.loads(paths.train_result.read_text())
-    known = {f.name for f in dataclasses.fields(TrainResult)}
-    return TrainResult(**{k: v for k, v in data.items() if k in known})
+    return read_record(paths.train_result, TrainResult)
 
 
 def _train(spec: ExperimentSpec, paths: RunPaths, stop_after: int | None) -> TrainResult:
@@ -734,7 +731,7 @@ def _train(spec: ExperimentSpec, paths: RunPaths, stop_after: int | None) -> Tra
         kohya_weights=str(kohya) if kohya else None,
     )
     if status == "finished" and setup.dist.is_main:
-        atomic.write_json(paths.train_result, dataclasses.asdict(result))
+        write_record(paths.train_result, result)
     setup.accelerator.wait_for_everyone()
     setup.accelerator.end_training()
     return result
@@ -742,7 +739,9 @@ def _train(spec: ExperimentSpec, paths: RunPaths, stop_after: int | None) -> Tra
 
 def train_run(run_dir: Path, stop_after: int | None = None) -> TrainResult:
     """Train the run whose folder holds its resolved ``config.json``."""
+    from cover_hpc.stages.inputs import check_run_folder
     from cover_hpc.store.runs import load_run_spec
 
     paths = RunPaths(Path(run_dir).absolute())
+    check_run_folder(paths)
     return train(load_run_spec(paths), paths, stop_after)

@@ -39,6 +39,14 @@ from cover_hpc.store import atomic, locks
 from cover_hpc.store.captions import Book, book_caption, read_books, short_caption
 from cover_hpc.store.data import read_metadata, row_caption
 from cover_hpc.store.paths import RunPaths, ValidationPaths
+from cover_hpc.store.records import (
+    Selection,
+    SelectionBest,
+    SelectionPoint,
+    ValidationPoint,
+    read_record,
+    write_record,
+)
 from cover_hpc.store.snapshots import lora_points, snapshot_steps
 
 log = logging.getLogger(__name__)
@@ -454,45 +462,51 @@ MAX_REAL_COVERS = 2048
 def score_point(
     spec: ExperimentSpec, paths: RunPaths, out: ValidationPaths, point: PointJob, items: Sequence[Item],
     scorers: Scorers,
-) -> dict[str, Any]:  # fmt: skip
+) -> ValidationPoint:  # fmt: skip
     """Generate a point's missing images, score them, and write its ``metrics.json``.
 
     The base model's images and scores are shared by every run of the experiment with the same
     model and validation settings (``<exp>/baseline/<key>/``): one run's task makes them while the
     others wait, then each copies the scores."""
-    folder = out.point(point.name)
     if point.kind != "base":
+        folder = out.point(point.name)
         record = _scored(spec, point, items, scorers, folder / "images", folder)
     else:
         images = paths.experiment.baseline(baseline_key(spec, items))
         with locks.held(images / ".lock", f"the base model's validation in {images}", wait_s=BASELINE_WAIT_S,
                         while_waiting=preemption.check):  # fmt: skip
             shared = images / f"metrics-{out.root.name}.json"
-            cached = _read_json(shared)
+            cached = read_point(shared)
             if cached is None:
                 cached = _scored(spec, point, items, scorers, images, images / f"scored-{out.root.name}")
-                atomic.write_json(shared, cached)
+                write_record(shared, cached)
         record = cached
-    atomic.write_json(folder / "metrics.json", record)
+    write_record(out.point_metrics(point.name), record)
     return record
+
+
+def read_point(path: Path) -> ValidationPoint | None:
+    """A scored point's record, None while it is not scored (RecordError for a file that is not one)."""
+    return read_record(path, ValidationPoint) if path.is_file() else None
 
 
 def _scored(
     spec: ExperimentSpec, point: PointJob, items: Sequence[Item], scorers: Scorers, images: Path, folder: Path
-) -> dict[str, Any]:
+) -> ValidationPoint:
     started = time.perf_counter()
     generator = load_generator(spec.model, point.weights, spec.data.max_caption_tokens, spec.validate.precision)
     generation_s = generate_missing(generator, items, images, spec)
     loss = heldout_loss(generator, spec, scorers.examples) if spec.validate.loss_images else None
     del generator
     scored = scorers.score(items, images, folder)
-    metrics = scored["metrics"] | {"heldout_loss": loss["heldout_loss"] if loss else None}
-    return {
-        "point": point.name, "step": point.step, "kind": point.kind,
-        "weights": str(point.weights) if point.weights else None,
-        "images": str(images), "metrics": metrics, "heldout": loss, **scored["detail"],
-        "timings": {"generation_s": generation_s, "total_s": time.perf_counter() - started},
-    }  # fmt: skip
+    detail = scored["detail"]
+    return ValidationPoint(
+        point=point.name, step=point.step, kind=point.kind, weights=str(point.weights) if point.weights else None,
+        images=str(images), metrics=scored["metrics"] | {"heldout_loss": loss["heldout_loss"] if loss else None},
+        heldout=loss, clip=detail["clip"], cmmd=detail.get("cmmd"), ocr=detail.get("ocr"),
+        finished=detail.get("finished"),
+        timings={"generation_s": generation_s, "total_s": time.perf_counter() - started},
+    )  # fmt: skip
 
 
 #: How long a task waits for another run's task that generates the shared base-model images.
@@ -519,8 +533,7 @@ def validate(spec: ExperimentSpec, paths: RunPaths, task: int | None = None) -> 
     if task is not None and not 0 <= task < tasks:
         raise ValueError(f"validation task {task} is outside 0..{tasks - 1} (validate.tasks={tasks})")
     out = paths.validation(validation_key(spec))
-    points = run_points(spec, paths)
-    items = validation_items(spec)
+    points, items = _inputs(spec, paths)  # before any folder or lock: an input refused leaves no trace
     scorers = Scorers(spec, out, heldout_examples(spec))
     mine = [p for k in (range(tasks) if task is None else [task]) for p in assigned(points, k, tasks)]
     for point in mine:
@@ -528,54 +541,61 @@ def validate(spec: ExperimentSpec, paths: RunPaths, task: int | None = None) -> 
         try:
             with locks.held(out.lock, what, slot=point.slot):
                 preemption.check()
-                if not (out.point(point.name) / "metrics.json").is_file():
+                if not out.point_metrics(point.name).is_file():
                     log.info("validating %s of run %s", point.name, paths.root.name)
                     score_point(spec, paths, out, point, items, scorers)
         except locks.Busy as busy:  # a second validation at once shares the work instead of failing
             log.warning("%s; left to it (whichever process scores the last point selects)", busy)
     with locks.held(out.lock, f"the selection of run {paths.root.name}", slot=0, wait_s=600,
                     while_waiting=preemption.check):  # fmt: skip
-        records = [_read_json(out.point(p.name) / "metrics.json") for p in points]
+        records = [read_point(out.point_metrics(p.name)) for p in points]
         if any(r is None for r in records):
             log.info("points of run %s still being scored by other tasks; the last one selects", paths.root.name)
             return None
         return finish(spec, paths, out, items, scorers, [r for r in records if r is not None])
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+def check_inputs(spec: ExperimentSpec, paths: RunPaths) -> None:
+    """Refuse, writing nothing, what :func:`validate` would refuse before it starts: a run that has
+    not finished training, a prompts file (``validate.prompts``) or ``data.test_dir`` (prompts
+    ``test_set``) that is missing or holds no prompt, a model named as a folder that does not exist,
+    and a missing ``data.test_dir`` when ``validate.select_by`` needs it (cmmd, heldout_loss): without
+    it every point would be scored and then none could be chosen."""
+    _inputs(spec, paths)
+
+
+def _inputs(spec: ExperimentSpec, paths: RunPaths) -> tuple[list[PointJob], list[Item]]:
+    from cover_hpc.stages.inputs import check_data_folder, check_models
+
+    points = run_points(spec, paths)
+    items = validation_items(spec)
+    check_models(spec, ("model.pretrained", "model.vae", "validate.clip_model"))
+    if spec.validate.select_by in ("cmmd", "heldout_loss"):
+        check_data_folder(spec.data.test_dir, "data.test_dir")
+    return points, items
 
 
 def finish(
     spec: ExperimentSpec, paths: RunPaths, out: ValidationPaths, items: Sequence[Item], scorers: Scorers,
-    records: list[dict[str, Any]],
+    records: list[ValidationPoint],
 ) -> dict[str, Any]:  # fmt: skip
     """Select the best point, fill ``<run>/best/``, and write ``validation.json`` (last)."""
     from cover_hpc.stages.select import publish_best, select
 
     choice = select(records, spec.validate.select_by)
-    by_kind = {r["kind"]: r for r in records if r["kind"] != "snapshot"}
-    best = next(r for r in records if r["step"] == choice["step"] and r["kind"] != "base")
-    selection = {
-        "run_id": paths.root.name,
-        "validation": out.root.name,
-        "select_by": choice["metric"],
-        "direction": choice["direction"],
-        "num_prompts": len(items),
-        "best": {"step": best["step"], "kind": best["kind"], "value": choice["value"], "weights": best["weights"]},
-        "points": [{"point": r["point"], "step": r["step"], "kind": r["kind"], "metrics": r["metrics"]}
-                   for r in records],
-    }  # fmt: skip
-    atomic.write_json(out.selection, selection)
+    by_kind = {r.kind: r for r in records if r.kind != "snapshot"}
+    best = next(r for r in records if r.step == choice.step and r.kind != "base")
+    selection = Selection(
+        run_id=paths.root.name, validation=out.root.name, select_by=choice.metric, direction=choice.direction,
+        num_prompts=len(items), best=SelectionBest(best.step, best.kind, choice.value, best.weights),
+        points=[SelectionPoint(r.point, r.step, r.kind, r.metrics) for r in records],
+    )  # fmt: skip
+    write_record(out.selection, selection)
     best_folder = publish_best(spec, paths, selection, best, items)
-    atomic.write_json(paths.selection, selection)
-    scores = {"lora": by_kind["final"]["clip"], "best": best["clip"]}
+    write_record(paths.selection, selection)
+    scores = {"lora": by_kind["final"].clip, "best": best.clip}
     if "base" in by_kind:
-        scores["base"] = by_kind["base"]["clip"]
+        scores["base"] = by_kind["base"].clip
     tokens = caption_tokens(scorers, items)
     result: dict[str, Any] = {
         "run_id": paths.root.name,
@@ -589,12 +609,12 @@ def finish(
         "size": list(spec.data.size),
         "caption_tokens": tokens,
         "scores": scores,
-        "select_by": choice["metric"],
-        "best": selection["best"] | {"folder": str(best_folder)},
+        "select_by": choice.metric,
+        "best": dataclasses.asdict(selection.best) | {"folder": str(best_folder)},
         "points": [point_summary(r) for r in records],
-        "baseline_images": by_kind["base"]["images"] if "base" in by_kind else None,
+        "baseline_images": by_kind["base"].images if "base" in by_kind else None,
         "items": [dataclasses.asdict(i) | {"image": i.file_name} for i in items],
-        "timings": {r["point"]: r["timings"] for r in records},
+        "timings": {r.point: r.timings for r in records},
     }
     job = env.slurm_job()
     result["requeues"] = job.restarts if job else 0
@@ -602,12 +622,12 @@ def finish(
     return result
 
 
-def point_summary(record: dict[str, Any]) -> dict[str, Any]:
+def point_summary(record: ValidationPoint) -> dict[str, Any]:
     """What validation.json keeps of a point: its metrics, images, per-image and per-genre scores, OCR reads."""
-    ocr = record.get("ocr", {}).get("per_image", [])
+    ocr = (record.ocr or {}).get("per_image", [])
     return {
-        "point": record["point"], "step": record["step"], "kind": record["kind"], "metrics": record["metrics"],
-        "images": record["images"], "per_image": record["clip"]["per_image"], "per_genre": record["clip"]["per_genre"],
+        "point": record.point, "step": record.step, "kind": record.kind, "metrics": record.metrics,
+        "images": record.images, "per_image": record.clip["per_image"], "per_genre": record.clip["per_genre"],
         "ocr": [{"title": i["title"], "read": i["read"], "similarity": i["similarity"]} for i in ocr],
     }  # fmt: skip
 
@@ -627,7 +647,10 @@ def caption_tokens(scorers: Scorers, items: Sequence[Item]) -> dict[str, Any]:
 
 def validate_run(run_dir: Path, spec: ExperimentSpec | None = None, task: int | None = None) -> dict[str, Any] | None:
     """Validate a run with ``spec`` (as submitted), or the one in its ``config.json``."""
+    from cover_hpc.stages.inputs import check_run_folder
     from cover_hpc.store.runs import load_run_spec
 
     paths = RunPaths(Path(run_dir).absolute())
+    if spec is None:
+        check_run_folder(paths)
     return validate(spec or load_run_spec(paths), paths, task)

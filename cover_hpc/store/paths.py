@@ -9,7 +9,8 @@
                                      selection.json (key: prompts source + settings hash)
     <run_id>/validate/selection.json the selection that made best/
     <run_id>/best/                   the chosen LoRA (diffusers + kohya), model card README.md, samples/
-    <run_id>/infer/<key>/            images/, manifest-<k>.jsonl, manifest.jsonl (key: books file + settings hash)
+    <run_id>/infer/<key>/            images/, manifest-<k>.jsonl, manifest.jsonl, checkpoint.json
+                                     (key: books file + settings hash)
     report/                          index.html, summary.md, plots
 """
 
@@ -149,6 +150,10 @@ class ValidationPaths:
         """One point of the step axis: ``base`` or ``step-N`` (images/, metrics.json)."""
         return self.root / "points" / name
 
+    def point_metrics(self, name: str) -> Path:
+        """A point's scores (cover_hpc.store.records.ValidationPoint), written once it is scored."""
+        return self.point(name) / "metrics.json"
+
     @property
     def real_embeddings(self) -> Path:
         """CLIP embeddings of the real held-out covers (CMMD's reference set), computed once."""
@@ -179,6 +184,11 @@ class InferencePaths:
 
     def shard_done(self, shard: int) -> Path:
         return self.root / f"shard-{shard}.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        """Which LoRA the covers of this folder come from, recorded by the first shard to start."""
+        return self.root / "checkpoint.json"
 
     @property
     def lock(self) -> Path:
