@@ -16,7 +16,7 @@ from cover_hpc.spec.load import load_spec
 from cover_hpc.spec.schema import DataConfig, ExperimentSpec, Problem, SpecError, field_help, to_dict
 from cover_hpc.spec.sweep import Run, expand
 from cover_hpc.store.locks import Busy
-from cover_hpc.store.paths import ExperimentPaths
+from cover_hpc.store.paths import ExperimentPaths, RunPaths
 from cover_hpc.store.runs import adopt_earlier_runs
 
 DEMO_SPEC = Path("configs/demo.yaml")
@@ -301,11 +301,12 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     env.set_offline_defaults()
-    from cover_hpc.stages.validate import validate
+    from cover_hpc.stages.validate import check_inputs, validate
     from cover_hpc.store.runs import prepare_run
 
     spec = load_spec(args.spec, args.overrides)
-    for run in select_runs(expand(spec), args.run):
+    for run in stage_runs(spec, args.run):
+        check_inputs(run.spec, run_paths(spec, run))  # a refused input writes nothing, not even config.json
         result = validate(run.spec, prepare_run(spec, run), args.task)
         if result is None:
             print(f"{run.run_id}: points done here; other points are being scored by another task or process, "
@@ -326,11 +327,12 @@ def _format_metric(value: Any) -> str:
 
 def cmd_infer(args: argparse.Namespace) -> int:
     env.set_offline_defaults()
-    from cover_hpc.stages.infer import infer_shard
+    from cover_hpc.stages.infer import check_inputs, infer_shard
     from cover_hpc.store.runs import prepare_run
 
     spec = load_spec(args.spec, args.overrides)
-    for run in select_runs(expand(spec), args.run):
+    for run in stage_runs(spec, args.run):
+        check_inputs(run.spec, run_paths(spec, run))  # a refused input writes nothing, not even config.json
         paths = prepare_run(spec, run)
         shards = [args.shard] if args.shard is not None else range(run.spec.infer.shards)
         for shard in shards:
@@ -391,6 +393,18 @@ def cmd_make_tiny_clip(args: argparse.Namespace) -> int:
     return 0
 
 
+def stage_runs(spec: ExperimentSpec, wanted: Sequence[str] | None) -> list[Run]:
+    """The runs a stage command works on, with folders of an earlier release adopted first."""
+    runs = expand(spec)
+    for each in adopt_earlier_runs(ExperimentPaths.of(spec.output_dir, spec.name), runs):
+        print(f"cover-hpc: {each.describe()}", file=sys.stderr)
+    return select_runs(runs, wanted)
+
+
+def run_paths(spec: ExperimentSpec, run: Run) -> RunPaths:
+    return ExperimentPaths.of(spec.output_dir, spec.name).run(run.run_id)
+
+
 def select_runs(runs: Sequence[Run], wanted: Sequence[str] | None) -> list[Run]:
     if not wanted:
         return list(runs)
@@ -405,18 +419,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train runs in this process (or, under torchrun/srun, in every rank of it)."""
     env.set_offline_defaults()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from cover_hpc.stages.train import TrainingDiverged, finished_result, train
+    from cover_hpc.stages.train import TrainingDiverged, check_inputs, finished_result, train
     from cover_hpc.store.data import DataError
     from cover_hpc.store.runs import prepare_run
 
     spec = load_spec(args.spec, args.overrides)
     status = 0
-    for run in select_runs(expand(spec), args.run):
-        paths = prepare_run(spec, run)
-        if finished_result(paths) is not None:
-            print(f"{run.run_id}: already finished ({paths.train_result}); left as it is")
+    for run in stage_runs(spec, args.run):
+        if finished_result(run_paths(spec, run)) is not None:
+            print(f"{run.run_id}: already finished ({run_paths(spec, run).train_result}); left as it is")
             continue
         try:
+            check_inputs(run.spec)  # a refused input writes nothing, not even config.json
+            paths = prepare_run(spec, run)
             result = train(run.spec, paths, stop_after=args.stop_after)
         except (DataError, TrainingDiverged, FileNotFoundError) as error:
             print(f"cover-hpc: run {run.run_id}: {error}", file=sys.stderr)

@@ -105,10 +105,19 @@ def adopted_folders(exp: ExperimentPaths) -> dict[str, str]:
 
 
 def load_run_spec(paths: RunPaths) -> ExperimentSpec:
-    data = json.loads(paths.config.read_text())
+    """The resolved spec a run folder stored; a file that is not one is a ValueError naming it."""
+    try:
+        data = json.loads(paths.config.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{paths.config}: not a run's config.json ({error}); run cover-hpc train again") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{paths.config}: not a run's config.json (a JSON object is expected)")
     data.pop("run_id", None)
     data.pop("swept", None)
-    return spec_from_dict(data)
+    try:
+        return spec_from_dict(data)
+    except SpecError as error:
+        raise ValueError(f"{paths.config}: {error}") from None
 
 
 def _key(label: str, settings: dict[str, Any]) -> str:
