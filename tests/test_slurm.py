@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,80 @@ def run_rows(exp: Path) -> list[dict[str, Any]]:
     assert result.returncode == 0, result.stderr
     rows: list[dict[str, Any]] = json.loads(result.stdout)
     return rows
+
+
+def step_processes(job: str, node: str | None = None) -> list[int]:
+    """The live processes of a job's steps (srun's tasks, not the batch script or srun), on ``node`` or
+    on every node, found by their environment: the nodes share this machine's PIDs. ``job`` is as
+    squeue shows it, "12" or an array task "12_3"."""
+    array, _, task = job.partition("_")
+    want = {"SLURM_ARRAY_JOB_ID": array, "SLURM_ARRAY_TASK_ID": task} if task else {"SLURM_JOB_ID": job}
+    if node is not None:
+        want["SLURMD_NODENAME"] = node
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            raw = (proc / "environ").read_bytes()
+            alive = "\nState:\tZ" not in (proc / "status").read_text()
+        except OSError:  # gone, or not ours to read
+            continue
+        environ = dict(item.decode(errors="replace").partition("=")[::2] for item in raw.split(b"\0") if item)
+        if alive and "SLURM_STEP_ID" in environ and all(environ.get(k) == v for k, v in want.items()):
+            found.append(int(proc.name))
+    return sorted(found)
+
+
+def process_state(pid: int) -> str:
+    """The state letter of a process (R, S, T for stopped, Z...), "" if it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return ""
+    return next((line.split()[1] for line in status.splitlines() if line.startswith("State:")), "")
+
+
+def signal_pending(pid: int, signum: int) -> bool:
+    """Whether ``signum`` waits to be delivered to process ``pid`` (to it or its thread group)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    masks = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(mask >> (signum - 1) & 1 for mask in masks)
+
+
+def wait_signalled(pids: list[int], signum: int, limit_s: float = 60) -> None:
+    """Wait until ``signum`` (sent by SLURM, which takes its time) has reached the held ``pids``: pending
+    on one of them, or one running again or gone (a cancel sends SIGCONT, then SIGTERM)."""
+    deadline = time.monotonic() + limit_s
+    while not any(signal_pending(pid, signum) or process_state(pid) not in ("T", "t") for pid in pids):
+        assert time.monotonic() < deadline, f"{signal.Signals(signum).name} never reached processes {pids}"
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def held(job: str, node: str | None = None, required: bool = True) -> Iterator[list[int]]:
+    """Hold a running job where it is: SIGSTOP to its steps' processes (on ``node``, else on all), SIGCONT
+    on leaving. What a test must do while the job is at a known point (not finished, however fast the
+    machine) it does inside; a signal sent meanwhile stays pending and is delivered on leaving. Yields
+    the processes held, none if the job has none (then ``required`` fails the test)."""
+    pids = step_processes(job, node)
+    assert pids or not required, f"job {job} has no step processes{f' on {node}' if node else ''} to hold"
+    try:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while not all(process_state(pid) in ("T", "X", "Z", "") for pid in pids):  # stopped (or gone)
+            assert time.monotonic() < deadline, f"processes {pids} of job {job} did not stop"
+            time.sleep(0.01)
+        yield [pid for pid in pids if process_state(pid) == "T"]
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 def test_sweep_runs_as_an_array_with_dependent_stages_then_resubmits_nothing(
@@ -77,8 +154,12 @@ def test_preempted_array_task_resumes_to_the_same_lora(
     deadline = time.monotonic() + 300
     while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 5):
         assert time.monotonic() < deadline, "training never reached step 5"
-        time.sleep(0.5)
-    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)  # what SLURM sends before a kill
+        time.sleep(0.05)
+    with held(job) as pids:  # the signal lands mid-training, however fast the machine
+        at = len(metrics.read_text().splitlines())
+        assert at <= 40 - 3, f"training reached step {at} of 40 before it could be held: raise max_steps"
+        subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)  # what SLURM sends before a kill
+        wait_signalled(pids, signal.SIGUSR2)
     deadline = time.monotonic() + 600
     while not all(validated(exp / r["run_id"]) for r in (row, other)):
         assert time.monotonic() < deadline, cli("logs", str(exp), row["run_id"]).stdout[-4000:]
@@ -178,10 +259,14 @@ def test_snapshot_validation_is_an_array_that_resumes_when_stopped_and_picks_the
     deadline = time.monotonic() + 900
     while not list(run.glob("validate/*/points/step-00000004/metrics.json")):
         assert time.monotonic() < deadline, cli("logs", str(exp), row["run_id"], "--stage", "validate").stdout[-4000:]
-        time.sleep(0.2)
+        time.sleep(0.05)
     (scored,) = run.glob("validate/*/points/step-00000004/metrics.json")
     written = scored.stat().st_mtime_ns
-    subprocess.run(["scancel", "--signal=USR2", first], check=True, timeout=60)
+    with held(first) as pids:  # the signal lands before task 0's last point, however fast the machine
+        assert not list(run.glob("validate/*/points/step-00000012/metrics.json")), (
+            "task 0 scored its last point before it could be held: raise validate.steps")  # fmt: skip
+        subprocess.run(["scancel", "--signal=USR2", first], check=True, timeout=60)
+        wait_signalled(pids, signal.SIGUSR2)
     deadline = time.monotonic() + 900
     while not (validated(run) and list(run.glob("infer/*/manifest.jsonl"))):
         assert time.monotonic() < deadline, cli("logs", str(exp), row["run_id"], "--stage", "validate").stdout[-4000:]

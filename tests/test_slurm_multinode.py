@@ -4,6 +4,7 @@ nodes): the same LoRA as one node, whole-job requeue after preemption, and the l
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from safetensors.torch import load_file
 
 from .conftest import REPO
-from .test_slurm import run_rows, tiny_clip, validated
+from .test_slurm import held, process_state, run_rows, tiny_clip, validated, wait_signalled
 from .test_submit import cli, spec_file
 
 pytestmark = [pytest.mark.slurm, pytest.mark.tiny, pytest.mark.slow]
@@ -79,13 +80,13 @@ def train_logs(spec: Path) -> str:
     return cli("logs", str(exp_dir(spec)), row["run_id"], "--stage", "train").stdout
 
 
-def wait_steps(spec: Path, steps: int, limit_s: float = 300) -> None:
+def wait_steps(spec: Path, steps: int, limit_s: float = 300, poll_s: float = 0.3) -> None:
     (row,) = run_rows(exp_dir(spec))
     metrics = exp_dir(spec) / row["run_id"] / "train" / "metrics.jsonl"
     deadline = time.monotonic() + limit_s
     while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= steps):
         assert time.monotonic() < deadline, f"training never reached step {steps}:\n{train_logs(spec)[-3000:]}"
-        time.sleep(0.3)
+        time.sleep(poll_s)
 
 
 def squeue_state(job: str) -> str:
@@ -128,9 +129,14 @@ def test_preempted_two_node_run_requeues_whole_and_resumes_on_both_nodes(
     slurm_cluster_2nodes: str, tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path
 ) -> None:
     two, reference = interruptible(tmp_path, tiny_model_dir, demo_data_dir, max_steps=30)
-    job = submit(two)["stages"]["train"]["job"]
-    wait_steps(two, 7)
-    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)  # SLURM's warning before a kill
+    row = submit(two)
+    job, metrics = row["stages"]["train"]["job"], exp_dir(two) / row["run_id"] / "train" / "metrics.jsonl"
+    wait_steps(two, 7, poll_s=0.05)
+    with held(job) as pids:  # on both nodes: the warning lands mid-training, however fast the machine
+        at = len(metrics.read_text().splitlines())
+        assert at <= 30 - 3, f"training reached step {at} of 30 before it could be held: raise max_steps"
+        subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)  # SLURM's warning before a kill
+        wait_signalled(pids, signal.SIGUSR2)
     submit(reference)  # after the signal: the reference does not slow the run to be interrupted
     result = wait_finished(two)
     wait_finished(reference)
@@ -148,38 +154,52 @@ def test_preempted_two_node_run_requeues_whole_and_resumes_on_both_nodes(
 def test_losing_a_node_ends_the_job_and_resubmission_resumes_from_the_checkpoint(
     slurm_cluster_2nodes: str, tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path
 ) -> None:
-    # long enough (~0.3 s a step) to still be training when the controller gives node2 up
-    two, reference = interruptible(tmp_path, tiny_model_dir, demo_data_dir, max_steps=400)
+    steps = 60
+    two, reference = interruptible(tmp_path, tiny_model_dir, demo_data_dir, max_steps=steps)
     row = submit(two)
     job = row["stages"]["train"]["job"]
-    checkpoints = exp_dir(two) / row["run_id"] / "train" / "checkpoints"
-    wait_steps(two, 11)
-    subprocess.run(["bash", str(NODE_SH), "kill-slurmd", "node2"], check=True, timeout=60)
-    killed = time.monotonic()
-    try:
-        # The controller declares node2 DOWN (SlurmdTimeout=20 s) and ends the job on node1 too; with
-        # --requeue SLURM puts it back in the queue, where it waits for two nodes.
-        while squeue_state(job) in ("RUNNING", "COMPLETING"):
-            assert time.monotonic() - killed < 120, f"job {job} still {squeue_state(job)} 120 s after node2 was lost"
-            time.sleep(1)
-        ended_after, state = time.monotonic() - killed, squeue_state(job) or "ended"
-        assert not (exp_dir(two) / row["run_id"] / "train" / "train_result.json").exists()
-        saved = sorted(int(p.name.split("-")[1]) for p in checkpoints.glob("step-*") if (p / "COMPLETE").exists())
-        assert saved and saved[-1] >= 10, saved
-        print(f"job {job} stopped {ended_after:.1f} s after node2's slurmd was killed, then {state}; "
-              f"last checkpoint {saved[-1]}")  # fmt: skip
-        assert state == "PENDING", state  # --requeue: SLURM queued it again, to wait for two nodes
-        # As if it could not be requeued (requeue disabled, max_requeues spent): it ends for good.
-        assert cli("cancel", str(exp_dir(two))).returncode == 0
-    finally:
-        subprocess.run(["bash", str(NODE_SH), "start", "node2"], check=True, timeout=120)
+    train = exp_dir(two) / row["run_id"] / "train"
+    checkpoints = train / "checkpoints"
+    wait_steps(two, 11, poll_s=0.05)
+    # Held from here until the job has ended, whatever the machine's speed: rank 1 (node2) is stopped, and
+    # rank 0 waits for it in an all-reduce a step later at most, so the run cannot finish before the
+    # controller gives node2 up. Released afterwards, rank 1 finds rank 0 gone and exits, as it would have.
+    with held(job, node="node2") as rank1:
+        at = len((train / "metrics.jsonl").read_text().splitlines())
+        assert at <= steps - 5 and not (train / "train_result.json").exists(), (
+            f"training reached step {at} of {steps} before it could be held: raise max_steps")  # fmt: skip
+        subprocess.run(["bash", str(NODE_SH), "kill-slurmd", "node2"], check=True, timeout=60)
+        killed = time.monotonic()
+        try:
+            # The controller declares node2 DOWN (SlurmdTimeout=20 s) and ends the job on node1 too; with
+            # --requeue SLURM puts it back in the queue, where it waits for two nodes.
+            while squeue_state(job) in ("RUNNING", "COMPLETING"):
+                assert time.monotonic() - killed < 120, (
+                    f"job {job} still {squeue_state(job)} 120 s after node2 was lost"
+                )
+                time.sleep(1)
+            ended_after, state = time.monotonic() - killed, squeue_state(job) or "ended"
+            assert not (train / "train_result.json").exists()
+            saved = sorted(int(p.name.split("-")[1]) for p in checkpoints.glob("step-*") if (p / "COMPLETE").exists())
+            assert saved and saved[-1] >= 10, saved
+            print(f"job {job} held at step {at}, stopped {ended_after:.1f} s after node2's slurmd was killed, then "
+                  f"{state}; last checkpoint {saved[-1]}")  # fmt: skip
+            assert state == "PENDING", state  # --requeue: SLURM queued it again, to wait for two nodes
+            # As if it could not be requeued (requeue disabled, max_requeues spent): it ends for good.
+            assert cli("cancel", str(exp_dir(two))).returncode == 0
+        finally:
+            subprocess.run(["bash", str(NODE_SH), "start", "node2"], check=True, timeout=120)
+    deadline = time.monotonic() + 120  # rank 1, released, finds rank 0 gone; it holds its slot of the run's lock
+    while any(process_state(pid) not in ("", "Z", "X") for pid in rank1):
+        assert time.monotonic() < deadline, f"rank 1 of job {job} (processes {rank1}) still runs 120 s after release"
+        time.sleep(0.5)
     again = cli("submit", str(two), "--profile", "local")
     assert again.returncode == 0 and "1 of 1 runs had stages to submit" in again.stdout, again.stdout + again.stderr
     assert run_rows(exp_dir(two))[0]["stages"]["train"]["job"] != job  # a new job, not the cancelled one
     submit(reference)
     result = wait_finished(two)
     wait_finished(reference)
-    assert result["status"] == "finished" and result["steps"] == 400 and result["requeues"] >= 1
+    assert result["status"] == "finished" and result["steps"] == steps and result["requeues"] >= 1
     logs = train_logs(two)
     for rank in (0, 1):
         assert f"rank {rank} resumed from {checkpoints}/step-{saved[-1]:08d}" in logs, logs[-4000:]
