@@ -42,6 +42,39 @@ def render_plan(spec: ExperimentSpec, runs: Sequence[Run]) -> str:
     return "\n".join(lines)
 
 
+def _plan_search(args: argparse.Namespace, spec: ExperimentSpec) -> int:
+    """A search's plan: its trials where they can be known in advance (random), and what is already decided."""
+    from cover_hpc.orchestrate import search
+
+    config = spec.sweep.search
+    exp = ExperimentPaths.of(spec.output_dir, spec.name)
+    trials = search.planned_trials(spec)
+    claimed = {claim.index: claim for claim in search.claimed(exp, spec)}
+    if args.json:
+        known = [{"task": i, "run_id": run.run_id, **to_dict(run.swept)} for i, run in enumerate(trials or [])]
+        print(json.dumps(known or [{"task": i, "run_id": c.run.run_id, **to_dict(c.run.swept)}
+                                   for i, c in sorted(claimed.items())], indent=2))  # fmt: skip
+        return 0
+    rungs = search.rung_steps(spec)
+    print(f"search of experiment '{spec.name}' in {exp.root}: {config.trials} trials, {config.sampler} sampler "
+          f"(seed {config.seed}), ranked by {config.metric} ({search.direction(config.metric)})")  # fmt: skip
+    for key, dist in config.space.items():
+        print(f"  {key}: {json.dumps(dist)}")
+    if rungs:
+        print(f"early stopping: validated at steps {', '.join(map(str, rungs))} of {spec.train.max_steps}; "
+              f"at each, only the top 1/{config.reduction_factor} of the trials that reached it go on")  # fmt: skip
+    else:
+        print("early stopping: off (sweep.search.grace_steps is 0); every trial trains to the end")
+    if trials is not None:
+        print(render_plan(spec, trials))
+    else:
+        print(f"the trials are not known in advance: {config.sampler} chooses each from the results of the trials "
+              "before it, as its array task starts")  # fmt: skip
+        for index, claim in sorted(claimed.items()):
+            print(f"  task {index}: trial {claim.number} {claim.run.run_id} {json.dumps(to_dict(claim.run.swept))}")
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from cover_hpc.orchestrate.submit import preflight_problems
 
@@ -52,6 +85,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(
             f"cover-hpc: adopted run folder {each.folder} (an earlier release's id) as {each.run_id}", file=sys.stderr
         )
+    if spec.sweep.search.sampler != "none":
+        return _plan_search(args, spec)
     if args.json:
         print(json.dumps([{"run_id": run.run_id, **to_dict(run.swept)} for run in runs], indent=2))
     else:
@@ -206,6 +241,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if hint:
             print(f"# {hint}")
         return 0
+    if plan.search_tasks is not None:
+        trials = spec.sweep.search.trials
+        print(f"{len(plan.search_tasks)} of {trials} search trials to {'submit' if executor == 'slurm' else 'run'}"
+              f" ({executor} executor); experiment folder {plan.exp.root}")  # fmt: skip
+        for key, jobs in submission.runs.items():
+            print(f"  {key}: {jobs.train}")
+        if submission.report:
+            print(f"  report job {submission.report}")
+        return wait_for(plan.exp.root) if args.wait and executor == "slurm" else 0
     todo = {run_id: stages for run_id, stages in plan.stages.items() if stages}
     print(f"{len(todo)} of {len(runs)} runs had stages to {'submit' if executor == 'slurm' else 'run'}"
           f" ({executor} executor); experiment folder {plan.exp.root}")  # fmt: skip
@@ -272,10 +316,19 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from cover_hpc.orchestrate.submit import render_status, status
+    from cover_hpc.orchestrate.submit import render_decisions, render_status, status
 
     rows = status(args.experiment)
-    print(json.dumps(rows, indent=2) if args.json else render_status(rows))
+    if args.json:
+        from cover_hpc.orchestrate.search import decisions
+
+        print(json.dumps({"runs": rows, "decisions": decisions(ExperimentPaths(Path(args.experiment).absolute()))}
+                         if (Path(args.experiment) / "search").is_dir() else rows, indent=2))  # fmt: skip
+        return 0
+    print(render_status(rows))
+    made = render_decisions(args.experiment)
+    if made:
+        print("\n" + made)
     return 0
 
 

@@ -73,7 +73,7 @@ class TrainTask:
         paths = RunPaths(Path(self.run_dir))
         with recorded_failure(paths, "train"):
             result = train.train_run(paths.root)
-            if result.status == "finished":
+            if result.status in ("finished", "pruned"):
                 return result.__dict__
             _stop_and_requeue(self.max_requeues, f"training of {paths.root.name} at step {result.steps}")
         raise AssertionError("unreachable: requeue_and_wait returns only by raising")
@@ -128,6 +128,54 @@ class StageTask:
 
         preemption.check()
         return str(build_report(Path(self.target)))
+
+
+@dataclass
+class SearchTask:
+    """One task of a search's array: ask for its trial (the same one after a requeue), train it with
+    early stopping at the rungs, validate it, and tell the search its result."""
+
+    experiment: str
+    config: dict[str, Any]  # the experiment's spec, search included
+    index: int
+    workdir: str
+    max_requeues: int = 10
+
+    def __call__(self) -> dict[str, Any]:
+        preemption.install()
+        os.chdir(self.workdir)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from cover_hpc.orchestrate import search
+        from cover_hpc.stages import train
+        from cover_hpc.stages.validate import validate
+        from cover_hpc.store.paths import ExperimentPaths
+        from cover_hpc.store.runs import prepare_run
+
+        spec = spec_from_dict(self.config)
+        exp = ExperimentPaths(Path(self.experiment))
+        what = f"search task {self.index} of {exp.root.name}"
+        try:
+            task = search.claim(exp, spec, self.index)
+            paths = prepare_run(spec, task.run)
+
+            def judge(step: int) -> bool:
+                return search.judge(exp, spec, task, paths, step)
+
+            with recorded_failure(paths, "train"):
+                result = train.train(task.run.spec, paths, judge=judge, judge_steps=search.rung_steps(spec))
+                if result.status not in train.DONE:
+                    _stop_and_requeue(self.max_requeues, f"{what} (run {task.run.run_id}) at step {result.steps}")
+            summary = {"task": self.index, "trial": task.number, "run_id": task.run.run_id, "status": result.status}
+            if not env.dist_env().is_main:
+                return summary
+            with recorded_failure(paths, "validate"):
+                validation = validate(task.run.spec, paths)
+            assert validation is not None  # every point is this process's to score (task None)
+            search.finish(exp, spec, task, result.status == "pruned", validation)
+            return summary
+        except preemption.Stopped:
+            _stop_and_requeue(self.max_requeues, what)
+        raise AssertionError("unreachable: requeue_and_wait returns only by raising")
 
 
 def main(argv: list[str]) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from .test_submit import cli, spec_file
 
 pytestmark = pytest.mark.tiny

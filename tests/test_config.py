@@ -237,10 +237,10 @@ def test_script_keys_are_read_from_the_schema() -> None:
 
 def yaml_setting(dotted: str, yaml_value: str) -> tuple[str, int]:
     """A spec setting ``dotted`` to ``yaml_value``, and the line of its key."""
-    section, _, leaf = dotted.partition(".")
-    if not leaf:
-        return f"{section}: {yaml_value}\n", 1
-    return f"{section}:\n  {leaf}: {yaml_value}\n", 2
+    parts = dotted.split(".")
+    lines = [f"{'  ' * depth}{part}:" for depth, part in enumerate(parts[:-1])]
+    lines.append(f"{'  ' * (len(parts) - 1)}{parts[-1]}: {yaml_value}")
+    return "\n".join(lines) + "\n", len(parts)
 
 
 @pytest.mark.parametrize("key", SCRIPT_KEYS)

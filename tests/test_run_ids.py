@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from cover_hpc.orchestrate.search import planned_trials
 from cover_hpc.spec.ids import NON_RESULT_KEYS, config_hash, run_id, weight_diff
 from cover_hpc.spec.load import load_spec
 from cover_hpc.spec.schema import ExperimentSpec, spec_from_dict, to_dict
@@ -47,7 +48,10 @@ OVERRIDES = [
 
 
 def _ids(spec_path: Path, overrides: tuple[str, ...] = ()) -> list[str]:
-    return [run.run_id for run in expand(load_spec(spec_path, overrides))]
+    """The runs' ids; of a random search, its trials' (known in advance, from the seed)."""
+    spec = load_spec(spec_path, overrides)
+    trials = planned_trials(spec) if spec.sweep.search.sampler != "none" else None
+    return [run.run_id for run in (trials if trials is not None else expand(spec))]
 
 
 def current_table() -> dict[str, Any]:

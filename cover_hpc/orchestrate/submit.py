@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cover_hpc.job import StageTask, TrainTask
+from cover_hpc.job import SearchTask, StageTask, TrainTask
 from cover_hpc.model import weights
-from cover_hpc.orchestrate import sbatch
+from cover_hpc.orchestrate import sbatch, search
 from cover_hpc.runtime import preemption
 from cover_hpc.spec.schema import ExperimentSpec, Problem, SlurmConfig, SpecError, spec_from_dict, to_dict
 from cover_hpc.spec.sweep import Run, expand
@@ -236,6 +236,15 @@ def inference_paths(paths: RunPaths, spec: ExperimentSpec) -> InferencePaths | N
     return paths.inference(inference_key(spec)) if spec.infer.books_file else None
 
 
+def _searched_spec(state: dict[str, Any]) -> ExperimentSpec | None:
+    """The experiment's spec when it is a search, else None."""
+    try:
+        spec = spec_from_dict(state["spec"])
+    except (KeyError, SpecError, ValueError, TypeError):
+        return None
+    return spec if search.enabled(spec) else None
+
+
 def _submitted_specs(state: dict[str, Any]) -> dict[str, ExperimentSpec]:
     """Each run's resolved spec as last submitted (for where its validation and inference go)."""
     try:
@@ -405,6 +414,7 @@ class Plan:
     profile: dict[str, Any]
     warnings: list[Problem] = field(default_factory=list)
     adopted: list[Adopted] = field(default_factory=list)
+    search_tasks: list[int] | None = None  # a search: the array tasks (trials) to run now
 
     def params(self, slurm: SlurmConfig, stage: str) -> dict[str, Any]:
         """sbatch options of a stage: the run's resources, the profile's cluster settings."""
@@ -523,12 +533,107 @@ def _run_local(plan: Plan, kind: str) -> Submission:
     return Submission(time.time(), kind, jobs, None)
 
 
+# --------------------------------------------------------------------------------------------
+# A search: one array of tasks, each asks for its trial (cover_hpc.orchestrate.search)
+
+
+def search_pending(exp: ExperimentPaths, spec: ExperimentSpec) -> list[int]:
+    """Search tasks to run now: not finished (its trial told) and not queued or running."""
+    finished = search.finished_tasks(exp, spec)
+    active = active_jobs(exp)
+    return [i for i in range(spec.sweep.search.trials) if i not in finished and f"task-{i}" not in active]
+
+
+def make_search_plan(spec: ExperimentSpec, profile: str | None) -> Plan:
+    exp = ExperimentPaths.of(spec.output_dir, spec.name)
+    runs = [claim.run for claim in search.claimed(exp, spec)]
+    return Plan(spec, runs, {}, os.getcwd(), exp, load_profile(profile), search_tasks=search_pending(exp, spec))
+
+
+def _search_task(plan: Plan, index: int) -> SearchTask:
+    return SearchTask(str(plan.exp.root), to_dict(plan.spec), index, plan.workdir, plan.spec.slurm.max_requeues)
+
+
+def _search_params(plan: Plan) -> dict[str, Any]:
+    params = plan.params(plan.spec.slurm, "train")
+    params["array_parallelism"] = plan.spec.sweep.search.parallelism or params["array_parallelism"]
+    return params
+
+
+def _run_search_slurm(plan: Plan) -> Submission:
+    pending = plan.search_tasks or []
+    jobs: dict[str, RunJobs] = {}
+    report = None
+    if not pending:
+        return Submission(time.time(), "slurm", jobs, report)
+    executor = _executor("slurm", plan.exp.logs)
+    executor.update_parameters(**_search_params(plan))
+    queued = _submit(executor, [_search_task(plan, i) for i in pending])
+    try:
+        for index, job in zip(pending, queued, strict=True):
+            jobs[f"task-{index}"] = RunJobs(train=job.job_id)
+        executor = _executor("slurm", plan.exp.logs)
+        params = plan.params(plan.spec.slurm, "report")
+        array = queued[0].job_id.split("_")[0]
+        params["additional_parameters"] = {"requeue": True, "dependency": f"afterany:{array}"}
+        executor.update_parameters(**params)
+        (report_job,) = _submit(executor, [StageTask("report", str(plan.exp.root), plan.workdir,
+                                                     max_requeues=plan.spec.slurm.max_requeues)])  # fmt: skip
+        report = report_job.job_id
+    except BaseException:
+        subprocess.run(["scancel", *{j.job_id.split("_")[0] for j in queued}], check=False, timeout=60)
+        raise
+    return Submission(time.time(), "slurm", jobs, report)
+
+
+def _run_search_local(plan: Plan, kind: str) -> Submission:
+    """The search's tasks one after another (each asks the search for its trial as it starts)."""
+    jobs: dict[str, RunJobs] = {}
+    for index in plan.search_tasks or []:
+        executor = _executor(kind, plan.exp.logs)
+        if kind == "local":
+            executor.update_parameters(**local_parameters(plan.spec.slurm, "train"))
+        started = time.perf_counter()
+        job = executor.submit(_search_task(plan, index))
+        (ok,) = _wait([job])
+        jobs[f"task-{index}"] = RunJobs(train=str(job.job_id))
+        outcome = job.result() if ok else {}
+        what = f"trial {outcome.get('trial')} {outcome.get('run_id')}: {outcome.get('status')}" if ok else "FAILED"
+        print(f"[search task {index}] {what} ({time.perf_counter() - started:.0f} s)", flush=True)
+    from cover_hpc.stages.report import build_report
+
+    if plan.exp.run_dirs():
+        print(f"report: {build_report(plan.exp.root)}", flush=True)
+    return Submission(time.time(), kind, jobs, None)
+
+
+def _submit_search(
+    spec: ExperimentSpec, executor: str, profile: str | None, dry_run: bool
+) -> tuple[Plan, Submission | None]:
+    base = expand(spec)  # the spec without its searched values: what every trial shares
+    if dry_run:
+        plan = make_search_plan(spec, profile)
+        plan.warnings = preflight_problems(base)
+        return plan, None
+    exp = ExperimentPaths.of(spec.output_dir, spec.name)
+    wait_s = SUBMIT_LOCK_WAIT_S if executor == "slurm" else LOCAL_LOCK_WAIT_S
+    with locks.held(exp.submit_lock, f"the submission lock of experiment {exp.root}", wait_s=wait_s):
+        plan = make_search_plan(spec, profile)
+        preflight(spec, base)
+        plan.exp.logs.mkdir(parents=True, exist_ok=True)
+        submission = _run_search_slurm(plan) if executor == "slurm" else _run_search_local(plan, executor)
+        write_state(plan.exp, spec, [claim.run for claim in search.claimed(exp, spec)], submission)
+    return plan, submission
+
+
 def submit(
     spec: ExperimentSpec, runs: Sequence[Run], executor: str = "slurm", profile: str | None = None,
     dry_run: bool = False,
 ) -> tuple[Plan, Submission | None]:  # fmt: skip
     """Queue (slurm) or run (local, debug) every unfinished stage of every run; see the module docstring."""
     _slurm_env_cleaned()
+    if search.enabled(spec):
+        return _submit_search(spec, executor, profile, dry_run)
     if dry_run:  # reads only: no lock, and what would be refused is shown as warnings
         plan = make_plan(spec, runs, profile)
         plan.warnings = preflight_problems([r for r in runs if plan.stages[r.run_id]])
@@ -562,6 +667,8 @@ def _sbatch_text(plan: Plan, params: dict[str, Any]) -> str:
 def render_dry_run(plan: Plan) -> str:
     """The sbatch script of every job this submission would queue, and the dependency graph."""
     lines = [f"# warning: {p.render()} (submitting would refuse this)" for p in plan.warnings]
+    if plan.search_tasks is not None:
+        return "\n".join([*lines, *_render_search(plan)])
     lines.append("# dependency graph")
     scripts = []
     train_runs = [r for r in plan.runs if "train" in plan.stages[r.run_id]]
@@ -590,6 +697,25 @@ def render_dry_run(plan: Plan) -> str:
             previous = f"<{stage} job of {run.run_id}>"
     lines.append("report: afterany on every job above")
     return "\n".join([*lines, "", *scripts])
+
+
+def _render_search(plan: Plan) -> list[str]:
+    config = plan.spec.sweep.search
+    pending = plan.search_tasks or []
+    rungs = search.rung_steps(plan.spec)
+    at = ", ".join(map(str, rungs)) or "none"
+    lines = [
+        "# dependency graph",
+        f"search: one array of {len(pending)} of {config.trials} task(s), {config.sampler} sampler; each task asks "
+        f"for its trial, trains it (validated at the rungs: {at}), validates it and tells the search",
+        "report: afterany on the array",
+    ]
+    if not pending:
+        return [*lines, "", "# nothing to submit: every trial is finished, or queued or running"]
+    params = _search_params(plan)
+    if len(pending) > 1:
+        params["map_count"] = len(pending)
+    return [*lines, "", f"# ---- search array\n{_sbatch_text(plan, params)}"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -628,17 +754,25 @@ def status(experiment_dir: Path) -> list[dict[str, Any]]:
     """Per run: swept values, each stage's state, SLURM states, progress, loss, CLIP score, requeues, paths."""
     exp = ExperimentPaths(Path(experiment_dir).absolute())
     state = read_state(exp)
-    if not state.get("runs"):
+    if not state.get("runs") and _searched_spec(state) is None:
         raise FileNotFoundError(f"{exp.state} not found or empty: was this experiment submitted?")
     latest = latest_jobs(state)
     slurm_states = job_states([j for jobs in latest.values() if jobs["executor"] == "slurm" for j in job_ids(jobs)])
     specs = _submitted_specs(state)
     rows = []
     current = _adopt_submitted(exp, state)
-    for entry in state["runs"]:
+    entries, job_key = state["runs"], {}
+    searched = _searched_spec(state)
+    if searched is not None:  # a search: its trials as their tasks claimed them, which may be after submitting
+        claims = search.claimed(exp, searched)
+        entries = [{"run_id": c.run.run_id, "swept": to_dict(c.run.swept)} for c in claims]
+        job_key = {c.run.run_id: f"task-{c.index}" for c in claims}
+        specs = {c.run.run_id: c.run.spec for c in claims}
+    for entry in entries:
         run_id = current.get(entry["run_id"], entry["run_id"])
         paths = exp.run(run_id)
-        jobs = latest.get(entry["run_id"], latest.get(run_id, {"train": None, "validate": [], "infer": []}))
+        key = job_key.get(run_id, entry["run_id"])
+        jobs = latest.get(key, latest.get(run_id, {"train": None, "validate": [], "infer": []}))
         train_result = json.loads(paths.train_result.read_text()) if paths.train_result.is_file() else None
         spec = specs.get(entry["run_id"])
         validation_dir = validation_paths(paths, spec) if spec else paths.latest_validation()
@@ -650,6 +784,8 @@ def status(experiment_dir: Path) -> list[dict[str, Any]]:
         infer_done = bool(manifest and manifest.is_file())
         infer_states = ",".join(sorted({slurm_states.get(j, "") for j in jobs["infer"]} - {""})).lower()
         train_state = _stage_state(paths, slurm_states, "train", train_result is not None, jobs["train"])
+        if train_result and train_result.get("status") == "pruned":  # stopped for good by the search's rung
+            train_state = f"stopped early at {train_result.get('steps')}"
         validate_ids = stage_ids(jobs["validate"])
         validate_state = _stage_state(paths, slurm_states, "validate", validation is not None, None)
         if validate_state == "not submitted" and validate_ids:
@@ -676,6 +812,19 @@ def status(experiment_dir: Path) -> list[dict[str, Any]]:
             "report": str(exp.report_html) if exp.report_html.is_file() else None,
         })  # fmt: skip
     return rows
+
+
+def render_decisions(experiment_dir: Path) -> str:
+    """A search's early-stopping decisions, each with the values of the rung it was made on."""
+    made = search.decisions(ExperimentPaths(Path(experiment_dir).absolute()))
+    if not made:
+        return ""
+    lines = ["early-stopping decisions (trial, step, value; the rung's values; top 1/reduction_factor go on):"]
+    for d in made:
+        peers = sorted(d["rung_values"].values(), reverse=d["direction"] == "maximize")
+        lines.append(f"  trial {d['trial']} ({d['run_id']}) at step {d['step']}: {d['metric']} {_number(d['value'])}"
+                     f" -> {d['decision']}  (rung: {', '.join(_number(v) for v in peers)})")  # fmt: skip
+    return "\n".join(lines)
 
 
 def render_status(rows: Sequence[dict[str, Any]]) -> str:

@@ -7,6 +7,7 @@ types cannot say. Every rule reports the dotted key, the bad value and what is a
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping
@@ -234,10 +235,119 @@ def font_problem(font: str) -> str | None:
     return None
 
 
+DISTRIBUTIONS = ("uniform", "log_uniform", "int", "choice")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _distribution_problems(path: str, key: str, dist: Any) -> list[Problem]:
+    """The problems of one ``sweep.search.space`` entry (``path``), a distribution over ``key``."""
+    from cover_hpc.spec.schema import _Invalid, coerce, field_type
+
+    if not isinstance(dist, dict):
+        return [
+            Problem(path, f"got {dist!r}; give a mapping such as {{distribution: log_uniform, low: 1e-5, high: 1e-3}}.")
+        ]
+    kind = dist.get("distribution")
+    if kind not in DISTRIBUTIONS:
+        return [Problem(f"{path}.distribution", f"got {kind!r}; use one of {', '.join(DISTRIBUTIONS)}.")]
+    allowed = {"distribution", "values"} if kind == "choice" else {"distribution", "low", "high", "step"}
+    unknown = sorted(set(dist) - allowed)
+    if unknown:
+        return [
+            Problem(f"{path}.{unknown[0]}", f"is not a setting of a {kind} distribution; it takes {sorted(allowed)}.")
+        ]
+    tp = field_type(key)
+    if kind == "choice":
+        values = dist.get("values")
+        if not isinstance(values, list) or not values:
+            return [Problem(f"{path}.values", f"got {values!r}; give a non-empty list of values.")]
+        problems = []
+        for index, value in enumerate(values):
+            try:
+                coerce(value, tp)
+            except _Invalid as invalid:
+                problems.append(Problem(f"{path}.values[{index}]", f"got {value!r}; expected {invalid}."))
+        return problems
+    for name in ("low", "high"):
+        if not _number(dist.get(name)):
+            return [Problem(f"{path}.{name}", f"got {dist.get(name)!r}; give a finite number.")]
+    low, high = float(dist["low"]), float(dist["high"])
+    if kind == "int" and not all(float(v).is_integer() for v in (low, high)):
+        return [Problem(path, f"an int distribution needs whole numbers; got low {low!r}, high {high!r}.")]
+    if low >= high:
+        return [Problem(f"{path}.low", f"got low {low!r} >= high {high!r}; low must be below high.")]
+    if kind == "log_uniform" and low <= 0:
+        return [Problem(f"{path}.low", f"got {low!r}; a log scale needs low > 0 (use uniform for a range through 0).")]
+    if "step" in dist and (not _number(dist["step"]) or dist["step"] <= 0):
+        return [Problem(f"{path}.step", f"got {dist['step']!r}; give a positive number.")]
+    problems = []
+    for name, value in (("low", low), ("high", high)):
+        try:
+            coerce(int(value) if kind == "int" else value, tp)
+        except _Invalid as invalid:
+            problems.append(Problem(f"{path}.{name}", f"got {value!r}, not a value of {key}: expected {invalid}."))
+    return problems
+
+
+def _search_problems(spec: ExperimentSpec) -> list[Problem]:
+    from cover_hpc.spec.schema import field_type
+
+    search = spec.sweep.search
+    if search.sampler == "none":
+        if search.space:
+            return [Problem("sweep.search.sampler", "is none, but sweep.search.space is set; choose random or tpe.")]
+        return []
+    problems = []
+    if search.trials < 1:
+        problems.append(Problem("sweep.search.trials", f"got {search.trials}; a search needs 1 trial or more."))
+    if not search.space:
+        problems.append(Problem("sweep.search.space", "is empty; give at least one dotted key and its distribution."))
+    if spec.sweep.grid or spec.sweep.zip:
+        both = sorted(set(search.space) & (set(spec.sweep.grid) | set(spec.sweep.zip)))
+        where = (
+            f"sweep.grid.{both[0]}" if both and both[0] in spec.sweep.grid else "sweep.zip" if both else "sweep.grid"
+        )
+        what = (
+            f"{both[0]} is both searched and on a grid" if both else "a search cannot be combined with grid or zip axes"
+        )
+        problems.append(Problem(where, f"{what}; search it with a choice distribution (sweep.search.space) instead."))
+    for key, dist in search.space.items():
+        path = f"sweep.search.space.{key}"
+        if key.split(".")[0] in UNSWEEPABLE or key.startswith("slurm."):
+            problems.append(Problem(path, f"{key!r} cannot be searched; search a model, data, LoRA or training key."))
+            continue
+        try:
+            field_type(key)
+        except KeyError as error:
+            problems.append(Problem(path, f"searches an unknown key {key!r}. {error.args[0]}".rstrip()))
+            continue
+        problems += _distribution_problems(path, key, dist)
+    if search.metric not in METRICS:
+        problems.append(Problem("sweep.search.metric", f"got {search.metric!r}; use one of {', '.join(METRICS)}."))
+    elif spec.validate.select_by != search.metric:
+        problems.append(Problem("validate.select_by", f"is {spec.validate.select_by!r} but the search ranks trials by "
+                                f"{search.metric!r} (sweep.search.metric); set both to the same metric."))  # fmt: skip
+    if search.reduction_factor < 2:
+        problems.append(Problem("sweep.search.reduction_factor", f"got {search.reduction_factor}; use 2 or more."))
+    max_steps = spec.train.max_steps
+    if search.grace_steps and max_steps is None:
+        problems.append(Problem("train.max_steps", "is not set; early stopping (sweep.search.grace_steps) places "
+                                "its rungs at training steps, so set the trials' length in steps."))  # fmt: skip
+    elif search.grace_steps < 0 or (max_steps is not None and search.grace_steps >= max_steps):
+        problems.append(Problem("sweep.search.grace_steps", f"got {search.grace_steps}; the first rung must come "
+                                f"before train.max_steps ({max_steps}), or 0 for no early stopping."))  # fmt: skip
+    if search.parallelism < 0:
+        problems.append(Problem("sweep.search.parallelism", f"got {search.parallelism}; use 0 or more."))
+    return problems
+
+
 def _sweep_problems(spec: ExperimentSpec) -> list[Problem]:
     from cover_hpc.spec.schema import _Invalid, coerce, field_type
 
-    problems: list[Problem] = []
+    problems: list[Problem] = _search_problems(spec)
     axes = [("grid", key, values) for key, values in spec.sweep.grid.items()]
     axes += [("zip", key, values) for key, values in spec.sweep.zip.items()]
     for kind, key, values in axes:

@@ -243,6 +243,34 @@ class SlurmConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SearchConfig:
+    """A search over dotted keys, with early stopping by asynchronous successive halving (Optuna)."""
+
+    sampler: Literal["none", "random", "tpe"] = doc(
+        "none (no search), random, or tpe (Bayesian: later trials learn from earlier ones).", "none"
+    )
+    trials: int = doc("Trials (runs) of the search; each is one task of the training array.", 0)
+    parallelism: int = doc("Trials that train at once (array tasks running); 0 = slurm.array_parallelism.", 0)
+    seed: int = doc("Seed of the sampler: the same seed gives the same trials (random: known at plan time).", 0)
+    space: dict[str, dict[str, Any]] = doc(
+        "Dotted key -> distribution: {distribution: uniform|log_uniform|int|choice, low, high[, step]} or "
+        "{distribution: choice, values: [...]}.",
+        default_factory=dict,
+    )
+    metric: str = doc(
+        "Validation metric the search ranks trials by and stops them on (its direction is the metric's); "
+        "validate.select_by must be the same.",
+        "heldout_loss",
+    )
+    grace_steps: int = doc(
+        "Early stopping: the first rung, in training steps (rungs at grace_steps x reduction_factor^k); "
+        "0 = every trial trains to the end.",
+        0,
+    )
+    reduction_factor: int = doc("Early stopping: only the top 1/reduction_factor of a rung go on.", 3)
+
+
+@dataclass(frozen=True, kw_only=True)
 class SweepConfig:
     """Sweep axes over any dotted key of the spec."""
 
@@ -254,6 +282,7 @@ class SweepConfig:
         "Axes stepped together: dotted key -> list of values, all lists of one length.",
         default_factory=dict,
     )
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -547,10 +547,26 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+#: Statuses of a training that is over: trained to its last step, or stopped for good by a judge.
+DONE = ("finished", "pruned")
+
+
+def _judged(setup: Setup, judge: Judge | None, step: int) -> bool:
+    """Rank 0 asks the judge; every rank gets its answer."""
+    verdict = bool(judge(step)) if judge is not None and setup.dist.is_main else False
+    flag = torch.tensor(float(verdict), device=setup.accelerator.device)
+    return bool(setup.accelerator.reduce(flag, reduction="sum") > 0)
+
+
 def run_loop(
-    setup: Setup, progress: checkpoint.Progress, stop_after: int | None
+    setup: Setup,
+    progress: checkpoint.Progress,
+    stop_after: int | None,
+    judge: Judge | None = None,
+    judge_steps: Sequence[int] = (),
 ) -> tuple[checkpoint.Progress, str, float | None]:
-    """Train until the last step or a stop request; returns the progress, status and last loss."""
+    """Train until the last step, a stop request or a judge's stop; returns the progress, status
+    and last loss."""
     spec, accelerator, device = setup.spec, setup.accelerator, setup.accelerator.device
     metrics = Metrics(setup, progress.step)
     step, epoch, position = progress.step, progress.epoch, progress.batch_in_epoch
@@ -561,9 +577,13 @@ def run_loop(
     generator = torch.Generator(device=device)
     trainable = [p for p in setup.model.parameters() if p.requires_grad]
     status = "finished" if step >= setup.total_steps else ""
-    snapshot_at = set(snapshots.snapshot_steps(spec.validate, setup.total_steps))
+    rungs = sorted(s for s in set(judge_steps) if 0 < s < setup.total_steps)
+    snapshot_at = set(snapshots.snapshot_steps(spec.validate, setup.total_steps)) | set(rungs)
     if setup.dist.is_main:
         snapshots.clear_staging(setup.paths)
+    for rung in [r for r in rungs if r <= step]:  # passed before this start's checkpoint: asked again
+        if not status and _judged(setup, judge, rung):
+            status = "pruned"
     started = time.perf_counter()
     step_started = started
     accumulated = torch.zeros((), device=device)
@@ -615,6 +635,8 @@ def run_loop(
                 write_snapshot(setup.paths, step, adapted_parts(setup))
             if step >= setup.total_steps:
                 status = "finished"
+            elif step in rungs and _judged(setup, judge, step):  # decided before the checkpoint is written
+                status = "pruned"
             elif flags[1] > 0:
                 status = "stopped"
             if status or step % spec.train.checkpoint_every == 0:
@@ -653,7 +675,19 @@ def export_weights(setup: Setup) -> tuple[Path, Path]:
     return weights, kohya
 
 
-def train(spec: ExperimentSpec, paths: RunPaths, stop_after: int | None = None) -> TrainResult:
+#: Asked on rank 0 at each of its steps (a search's rungs, after the snapshot there is written):
+#: True stops the run there, for good (status "pruned"). It must give the same answer when asked
+#: again for a step (a resumed run asks again for the rungs it passed before its checkpoint).
+Judge = Callable[[int], bool]
+
+
+def train(
+    spec: ExperimentSpec,
+    paths: RunPaths,
+    stop_after: int | None = None,
+    judge: Judge | None = None,
+    judge_steps: Sequence[int] = (),
+) -> TrainResult:
     """Train one run (resuming if it has a checkpoint); see the module docstring.
 
     Each rank holds its slot of the run's training lock throughout, so a second training of the
@@ -682,7 +716,7 @@ def train(spec: ExperimentSpec, paths: RunPaths, stop_after: int | None = None) 
                 status="stopped", steps=step, total_steps=0, epochs=0.0, final_loss=None, mean_loss=None,
                 wall_time_s=0.0, samples_per_s=0.0, peak_memory_mb=0.0, requeues=count_requeues(paths), world_size=0,
             )  # fmt: skip
-        return _train(spec, paths, stop_after)
+        return _train(spec, paths, stop_after, judge, judge_steps)
 
 
 def check_inputs(spec: ExperimentSpec) -> None:
@@ -702,13 +736,15 @@ def finished_result(paths: RunPaths) -> TrainResult | None:
     return read_record(paths.train_result, TrainResult)
 
 
-def _train(spec: ExperimentSpec, paths: RunPaths, stop_after: int | None) -> TrainResult:
+def _train(
+    spec: ExperimentSpec, paths: RunPaths, stop_after: int | None, judge: Judge | None, judge_steps: Sequence[int]
+) -> TrainResult:
     paths.train.mkdir(parents=True, exist_ok=True)
     setup = build(spec, paths)
     progress = resume(setup)
-    final, status, last_loss = run_loop(setup, progress, stop_after)
+    final, status, last_loss = run_loop(setup, progress, stop_after, judge, judge_steps)
     weights = kohya = None
-    if status == "finished" and setup.dist.is_main:
+    if status in DONE and setup.dist.is_main:
         weights, kohya = export_weights(setup)
     steps_done = final.step
     result = TrainResult(
@@ -730,7 +766,7 @@ def _train(spec: ExperimentSpec, paths: RunPaths, stop_after: int | None) -> Tra
         lora_weights=str(weights) if weights else None,
         kohya_weights=str(kohya) if kohya else None,
     )
-    if status == "finished" and setup.dist.is_main:
+    if status in DONE and setup.dist.is_main:
         write_record(paths.train_result, result)
     setup.accelerator.wait_for_everyone()
     setup.accelerator.end_training()

@@ -485,6 +485,14 @@ def score_point(
     return record
 
 
+def _as_kind(record: ValidationPoint | None, point: PointJob) -> ValidationPoint | None:
+    """A run stopped by a search at a rung ends on the snapshot scored there: the same weights, and
+    the same point, which is now its final LoRA."""
+    if record is None or record.kind == point.kind:
+        return record
+    return dataclasses.replace(record, kind=point.kind, weights=str(point.weights) if point.weights else None)
+
+
 def read_point(path: Path) -> ValidationPoint | None:
     """A scored point's record, None while it is not scored (RecordError for a file that is not one)."""
     return read_record(path, ValidationPoint) if path.is_file() else None
@@ -548,11 +556,32 @@ def validate(spec: ExperimentSpec, paths: RunPaths, task: int | None = None) -> 
             log.warning("%s; left to it (whichever process scores the last point selects)", busy)
     with locks.held(out.lock, f"the selection of run {paths.root.name}", slot=0, wait_s=600,
                     while_waiting=preemption.check):  # fmt: skip
-        records = [read_point(out.point_metrics(p.name)) for p in points]
+        records = [_as_kind(read_point(out.point_metrics(p.name)), p) for p in points]
         if any(r is None for r in records):
             log.info("points of run %s still being scored by other tasks; the last one selects", paths.root.name)
             return None
         return finish(spec, paths, out, items, scorers, [r for r in records if r is not None])
+
+
+def score_snapshot(spec: ExperimentSpec, paths: RunPaths, step: int) -> ValidationPoint:
+    """Score the snapshot at ``step`` while its run is still training (a search's rung), as the
+    run's validation will: the same folder and record, so the validation after training reuses it."""
+    from cover_hpc.store.runs import validation_key
+
+    env.set_offline_defaults()
+    snapshot = next((p for p in lora_points(paths) if p.step == step and not p.final), None)
+    if snapshot is None:
+        raise FileNotFoundError(f"run {paths.root.name} has no snapshot at step {step} in {paths.snapshots}")
+    out = paths.validation(validation_key(spec))
+    point = PointJob(snapshot.name, step, snapshot.weights, "snapshot")
+    with locks.held(out.lock, f"validation of {point.name} of run {paths.root.name}", slot=point.slot, wait_s=3600,
+                    while_waiting=preemption.check):  # fmt: skip
+        cached = read_point(out.point_metrics(point.name))
+        if cached is not None:
+            return cached
+        log.info("scoring %s of run %s for the search", point.name, paths.root.name)
+        items = validation_items(spec)
+        return score_point(spec, paths, out, point, items, Scorers(spec, out, heldout_examples(spec)))
 
 
 def check_inputs(spec: ExperimentSpec, paths: RunPaths) -> None:

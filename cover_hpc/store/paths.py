@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,7 +240,37 @@ class ExperimentPaths:
         return self.report / "summary.md"
 
     def run_dirs(self) -> list[RunPaths]:
-        """Runs that have a folder with a config, sorted by id."""
+        """Runs that have a folder with a config, sorted by id; a folder adopted from an earlier
+        release is listed once, by the link that names it with today's id."""
         if not self.root.is_dir():
             return []
-        return [RunPaths(p) for p in sorted(self.root.iterdir()) if (p / "config.json").is_file()]
+        entries = sorted(self.root.iterdir())
+        linked = {os.readlink(p) for p in entries if p.is_symlink()}
+        return [RunPaths(p) for p in entries if (p / "config.json").is_file() and p.name not in linked]
+
+    @property
+    def search(self) -> Path:
+        """A search's state: Optuna's journal, the trial of each array task, the decision log."""
+        return self.root / "search"
+
+    @property
+    def search_journal(self) -> Path:
+        return self.search / "journal.log"
+
+    def search_task(self, index: int) -> Path:
+        """Which trial (and run) array task ``index`` trains: written once, when the task first starts."""
+        return self.search / "tasks" / f"{index:05d}.json"
+
+    @property
+    def search_decisions(self) -> Path:
+        """One JSON line per early-stopping decision, with the values it was made on."""
+        return self.search / "decisions.jsonl"
+
+    @property
+    def search_lock(self) -> Path:
+        return self.search / ".lock"
+
+    @property
+    def best(self) -> Path:
+        """The experiment's own best: the winning trial's best LoRA, with a model card."""
+        return self.root / "best"

@@ -75,7 +75,7 @@ class TrainResult(Record):
     WHAT = "train result"
 
     schema_version: int = 1
-    status: str  # "finished", or "stopped" (checkpointed on request: run again to resume)
+    status: str  # "finished", "pruned" (stopped for good by a search) or "stopped" (checkpointed: run again)
     steps: int
     total_steps: int
     epochs: float
