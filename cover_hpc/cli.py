@@ -384,7 +384,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from cover_hpc.store.runs import prepare_run
 
     spec = load_spec(args.spec, args.overrides)
-    for run in stage_runs(spec, args.run):
+    for run in stage_runs(spec, args.run, "infer"):
         check_inputs(run.spec, run_paths(spec, run))  # a refused input writes nothing, not even config.json
         paths = prepare_run(spec, run)
         shards = [args.shard] if args.shard is not None else range(run.spec.infer.shards)
@@ -446,10 +446,26 @@ def cmd_make_tiny_clip(args: argparse.Namespace) -> int:
     return 0
 
 
-def stage_runs(spec: ExperimentSpec, wanted: Sequence[str] | None) -> list[Run]:
-    """The runs a stage command works on, with folders of an earlier release adopted first."""
+def stage_runs(spec: ExperimentSpec, wanted: Sequence[str] | None, command: str = "") -> list[Run]:
+    """The runs a stage command works on, with folders of an earlier release adopted first. Of a
+    search, its trials that have started; ``infer`` without --run uses the experiment's best."""
+    exp = ExperimentPaths.of(spec.output_dir, spec.name)
+    if spec.sweep.search.sampler != "none":
+        from cover_hpc.orchestrate import search
+
+        runs = [claim.run for claim in search.claimed(exp, spec)]
+        if not runs:
+            raise SpecError([Problem("sweep.search", f"no trial of the search in {exp.root} has started; submit it")])
+        winner = search.winner(exp)
+        if command == "infer" and not wanted:
+            if winner is None:
+                raise SpecError([Problem("sweep.search", "the search has no best run yet (no trial finished and "
+                                         "validated); name one with --run, or wait")])  # fmt: skip
+            print(f"cover-hpc: the search's best run is {winner}: covers with its best LoRA", file=sys.stderr)
+            wanted = [winner]
+        return select_runs(runs, wanted)
     runs = expand(spec)
-    for each in adopt_earlier_runs(ExperimentPaths.of(spec.output_dir, spec.name), runs):
+    for each in adopt_earlier_runs(exp, runs):
         print(f"cover-hpc: {each.describe()}", file=sys.stderr)
     return select_runs(runs, wanted)
 
@@ -492,6 +508,39 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{run.run_id}: {result.status} at step {result.steps}/{result.total_steps}, loss {result.final_loss}")
         status = max(status, 0 if result.status == "finished" else 3)
     return status
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Train a run that a search stopped early to its last step, then validate it."""
+    env.set_offline_defaults()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cover_hpc.stages.train import train
+    from cover_hpc.stages.validate import validate
+    from cover_hpc.store.records import TrainResult, read_record
+
+    spec = load_spec(args.spec, args.overrides)
+    (run,) = stage_runs(spec, [args.run_id])
+    paths = run_paths(spec, run)
+    result = read_record(paths.train_result, TrainResult) if paths.train_result.is_file() else None
+    if result is None or result.status != "pruned":
+        state = "has not finished training" if result is None else f"finished ({result.status})"
+        print(f"cover-hpc: run {run.run_id} was not stopped early: it {state}; `cover-hpc train` continues an "
+              "unfinished run", file=sys.stderr)  # fmt: skip
+        return 1
+    os.replace(paths.train_result, paths.train / "stopped_early.json")  # kept: where and why the search stopped it
+    print(f"{run.run_id}: stopped early at step {result.steps}; training on to step {result.total_steps}", flush=True)
+    trained = train(run.spec, paths)
+    if trained.status != "finished":
+        print(f"{run.run_id}: {trained.status} at step {trained.steps}; run resume again to go on", flush=True)
+        return 3
+    validation = validate(run.spec, paths)
+    chosen = ""
+    if validation and validation.get("best"):
+        best = validation["best"]
+        chosen = f"; best is step {best['step']} ({validation['select_by']} {_format_metric(best['value'])})"
+    print(f"{run.run_id}: finished at step {trained.steps}{chosen}. The search's ranking keeps the trial as stopped "
+          "early.")  # fmt: skip
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -588,6 +637,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--stop-after", type=int, metavar="N", help="checkpoint and stop after step N, as a preemption would"
     )
     train.set_defaults(func=cmd_train)
+
+    resume = commands.add_parser(
+        "resume",
+        help="train a run that a search stopped early on to its last step (a re-submit never does)",
+        description="Resume, on purpose, a search trial that early stopping ended: train it to train.max_steps "
+        "in this process, then validate it. Exit status: 0 done, 3 stopped on request, 1 not a stopped run.",
+    )
+    resume.add_argument("spec", type=Path, help="experiment spec (YAML)")
+    resume.add_argument("run_id", help="the run (trial) to resume, as status lists it")
+    resume.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
+    resume.set_defaults(func=cmd_resume)
 
     submit = commands.add_parser(
         "submit",

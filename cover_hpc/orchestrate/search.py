@@ -317,6 +317,14 @@ def finish(exp: ExperimentPaths, spec: ExperimentSpec, task: Claim, pruned: bool
         publish_experiment_best(exp, spec, study)
 
 
+def winner(exp: ExperimentPaths) -> str | None:
+    """The run id of the experiment's best, once one is published."""
+    try:
+        return str(json.loads((exp.best / "search.json").read_text())["winner"]["run_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def leaderboard(exp: ExperimentPaths, spec: ExperimentSpec, study: Any | None = None) -> list[dict[str, Any]]:
     """Every trial, best first by its value (COMPLETE trials, then stopped ones by their best value)."""
     study = study or open_study(exp, spec)
