@@ -41,6 +41,7 @@ from cover_hpc.spec.schema import ExperimentSpec, Problem, SlurmConfig, SpecErro
 from cover_hpc.spec.sweep import Run, expand
 from cover_hpc.store import atomic, locks
 from cover_hpc.store.paths import ExperimentPaths, InferencePaths, RunPaths, ValidationPaths
+from cover_hpc.store.records import StatusRow, from_json, to_json
 from cover_hpc.store.runs import (
     Adopted,
     adopt_earlier_runs,
@@ -791,7 +792,7 @@ def status(experiment_dir: Path) -> list[dict[str, Any]]:
         if validate_state == "not submitted" and validate_ids:
             validate_state = ",".join(sorted({slurm_states.get(j, "unknown") for j in validate_ids})).lower()
         best = (validation or {}).get("best")
-        rows.append({
+        row = {
             "run_id": run_id,
             "swept": entry["swept"],
             "stages": {
@@ -810,7 +811,8 @@ def status(experiment_dir: Path) -> list[dict[str, Any]]:
             "validation": str(result_file) if validation else None,
             "manifest": str(manifest) if infer_done else None,
             "report": str(exp.report_html) if exp.report_html.is_file() else None,
-        })  # fmt: skip
+        }  # fmt: skip
+        rows.append(to_json(from_json(StatusRow, row, f"the status of run {run_id}")))  # typed, versioned
     return rows
 
 
