@@ -88,3 +88,8 @@ def test_a_local_search_stops_losers_early_publishes_the_best_and_a_resubmit_tra
     assert (exp / stopped_run / "train" / "stopped_early.json").is_file()
     refused = cli("resume", str(path), stopped_run)
     assert refused.returncode == 1 and "was not stopped early" in refused.stderr
+    changed = cli("submit", str(path), "train.max_steps=9", "--executor", "local")
+    assert changed.returncode == 1 and "share one spec" in changed.stderr, changed.stderr
+    assert {t["run_id"]: _starts(exp / t["run_id"]) for t in tasks if t["run_id"] != stopped_run} == {
+        k: v for k, v in starts.items() if k != stopped_run
+    }, "a refused search trained anyway"

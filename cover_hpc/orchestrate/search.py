@@ -161,8 +161,7 @@ def claim(exp: ExperimentPaths, spec: ExperimentSpec, index: int) -> Claim:
                     while_waiting=preemption.check):  # fmt: skip
         record = _task_record(exp, index)
         if record is not None:
-            run = trial_run(spec, record["params"])
-            return Claim(index, int(record["trial"]), run)
+            return Claim(index, int(record["trial"]), _recorded_run(exp, spec, index, record))
         study = open_study(exp, spec, index)
         from optuna.trial import TrialState
 
@@ -190,13 +189,34 @@ def _trial_id(study: Any, number: int) -> int:
     return int(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
 
 
+class SearchChanged(ValueError):
+    """The spec no longer makes the trials a search's tasks already train."""
+
+
+def _recorded_run(exp: ExperimentPaths, spec: ExperimentSpec, index: int, record: dict[str, Any]) -> Run:
+    """The run of a task's recorded trial under ``spec``: refused where ``spec`` changed what the
+    trial trains (the space, or a key every trial shares), since its trials would not compare."""
+    try:
+        run = trial_run(spec, record["params"])
+    except (KeyError, TypeError, ValueError):
+        run = None
+    if run is None or run.run_id != record.get("run_id"):
+        made = f"run {run.run_id}" if run else "no run (the searched keys changed)"
+        raise SearchChanged(
+            f"sweep.search: task {index} of the search in {exp.root} trains run {record.get('run_id')}, but this "
+            f"spec makes it {made}; the trials of one search share one spec, so start a new search (another name "
+            "or output_dir) or restore the spec it was submitted with"
+        )
+    return run
+
+
 def claimed(exp: ExperimentPaths, spec: ExperimentSpec) -> list[Claim]:
-    """Every task that has its trial, by task."""
+    """Every task that has its trial, by task (:class:`SearchChanged` where the spec changed)."""
     claims = []
     for index in range(spec.sweep.search.trials):
         record = _task_record(exp, index)
         if record is not None:
-            claims.append(Claim(index, int(record["trial"]), trial_run(spec, record["params"])))
+            claims.append(Claim(index, int(record["trial"]), _recorded_run(exp, spec, index, record)))
     return claims
 
 
