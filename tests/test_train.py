@@ -88,7 +88,7 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
         assert torch.equal(a[key], b[key]), key
 
 
-def resume_equivalence(tmp: Path, model: Path, data: Path, procs: int, **sections: dict[str, Any]) -> None:
+def resume_equivalence(tmp: Path, model: Path, data: Path, procs: int, /, **sections: dict[str, Any]) -> None:
     whole = run_dir(write_spec(tmp / "whole", model, data, **sections))
     train(whole, procs)
     split = run_dir(write_spec(tmp / "split", model, data, **sections))
@@ -336,3 +336,21 @@ def test_a_refused_training_input_leaves_the_run_as_it_was(
     with pytest.raises(FileNotFoundError, match=r"config\.json not found: .*not-a-run is not a run folder"):
         train_run(not_a_run.root)
     assert tree(experiment) == before
+
+
+def test_resume_is_exact_with_caption_dropout(tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path) -> None:
+    resume_equivalence(tmp_path, tiny_model_dir, demo_data_dir, 1, data={"caption_dropout": 0.5})
+
+
+def test_caption_dropout_caches_the_empty_caption(tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path) -> None:
+    from cover_hpc.store.cache import text_key
+
+    run = run_dir(write_spec(tmp_path, tiny_model_dir, demo_data_dir, lora={"parts": ["unet"]},
+                             data={"caption_dropout": 0.3}, train={"max_steps": 2}))  # fmt: skip
+    train(run)
+    assert len(losses(run)) == 2
+    assert list((tmp_path / "cache" / "text").glob(f"*/{text_key('')}.safetensors"))
+    plain = run_dir(write_spec(tmp_path / "plain", tiny_model_dir, demo_data_dir, lora={"parts": ["unet"]},
+                               train={"max_steps": 2}))  # fmt: skip
+    train(plain)
+    assert losses(plain) != losses(run)  # same noise and timesteps, some captions empty

@@ -36,6 +36,7 @@ def _rules(spec: ExperimentSpec) -> list[Rule]:
         ("name", lambda v: bool(_NAME_RE.fullmatch(v)), "must be letters, digits, '.', '_' or '-'"),
         ("data.max_caption_tokens", *positive),
         ("data.num_workers", *non_negative),
+        ("data.caption_dropout", lambda v: 0 <= v < 1, "must be in [0, 1)"),
         ("lora.rank", *positive),
         ("lora.alpha", *above_zero),
         ("lora.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)"),

@@ -83,6 +83,11 @@ class DataConfig:
     cache_latents: bool = doc("Cache VAE latents (and frozen text embeddings) on disk.", True)
     cache_dir: str | None = doc("Latent cache folder; empty = <train_dir>/../.cover_hpc_cache.", None)
     num_workers: int = doc("DataLoader worker processes per rank.", 2)
+    caption_dropout: float = doc(
+        "Probability, in [0, 1), that a training sample is trained on the empty caption instead of its own "
+        "(classifier-free guidance learns the unconditional prediction from it); 0 = never.",
+        0.0,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -165,7 +165,8 @@ def prepare_text(
     max_tokens = spec.data.max_caption_tokens
     identity = f"{max_tokens}|{dtype}|" + module_hash(parts.text_encoder) + module_hash(parts.text_encoder_2)
     cache = text_cache(root, module_hash(torch.nn.Identity(), identity))
-    captions = sorted({s.caption for s in samples})
+    # the empty caption too when samples are trained on it (data.caption_dropout): its own key, same encoding
+    captions = sorted({s.caption for s in samples} | ({""} if spec.data.caption_dropout else set()))
     mine = [c for c in captions[dist.rank :: dist.world_size] if not cache.has(text_key(c))]
     parts.text_encoder.to(device)
     parts.text_encoder_2.to(device)
@@ -219,6 +220,15 @@ class SDXLLora(torch.nn.Module):
         return {name: p.detach().float().cpu().contiguous() for name, p in self.named_parameters() if p.requires_grad}
 
 
+def caption_drop_mask(rate: float, count: int, generator: torch.Generator) -> torch.Tensor | None:
+    """Which of a micro-batch's ``count`` samples train on the empty caption (each with probability
+    ``rate``), drawn from the micro-batch's seeded generator: the same at every start. None (and no
+    draw, so every other draw stays as it was) when ``rate`` is 0."""
+    if not rate:
+        return None
+    return torch.rand(count, generator=generator, device=generator.device) < rate
+
+
 def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
     """Seed of one micro-batch's random draws: a pure function of where it sits in the run."""
     return ((seed * 1_000_003 + step) * 1_009 + micro) * 65_537 + rank
@@ -246,6 +256,9 @@ class Setup:
     total_steps: int
     steps_per_epoch: int
     deepspeed: bool
+    #: The empty caption's cached embeddings (prompt_embeds, pooled) or token ids (ids, ids_2), each
+    #: of batch 1, when data.caption_dropout is on.
+    empty_caption: dict[str, torch.Tensor] | None = None
 
 
 def make_accelerator(spec: ExperimentSpec, dist: env.DistEnv) -> Any:
@@ -380,9 +393,16 @@ def build(spec: ExperimentSpec, paths: RunPaths) -> Setup:
     if spec.train.prediction_type:
         noise_scheduler.register_to_config(prediction_type=spec.train.prediction_type)
     vae = None if latents is not None else parts.vae.to(device, torch.float32)
+    empty_caption = None
+    if spec.data.caption_dropout and text is not None:
+        empty_caption = {k: v.unsqueeze(0).to(device) for k, v in text.get(text_key("")).items()}
+    elif spec.data.caption_dropout:
+        max_tokens = spec.data.max_caption_tokens
+        empty_caption = {"ids": tokenize_chunks(parts.tokenizer, [""], max_tokens).to(device),
+                         "ids_2": tokenize_chunks(parts.tokenizer_2, [""], max_tokens).to(device)}  # fmt: skip
     return Setup(
         spec, paths, dist, accelerator, model, optimizer, lr_scheduler, noise_scheduler, loader, sampler, vae,
-        float(parts.vae.config.scaling_factor), adapted, total_steps, steps_per_epoch, deepspeed,
+        float(parts.vae.config.scaling_factor), adapted, total_steps, steps_per_epoch, deepspeed, empty_caption,
     )  # fmt: skip
 
 
@@ -439,6 +459,11 @@ def compute_loss(setup: Setup, batch: dict[str, Any], generator: torch.Generator
         noise = noise + spec.train.noise_offset * offset
     steps = setup.noise_scheduler.config.num_train_timesteps
     timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator, device=device).long()
+    dropped = caption_drop_mask(spec.data.caption_dropout, latents.shape[0], generator)
+    if dropped is not None and setup.empty_caption is not None:  # drawn last: the draws above stay as they were
+        for key, empty in setup.empty_caption.items():
+            shape = (-1,) + (1,) * (batch[key].dim() - 1)
+            batch[key] = torch.where(dropped.view(shape), empty.to(batch[key].dtype), batch[key])
     noisy = setup.noise_scheduler.add_noise(latents, noise, timesteps)
     prediction = setup.model(
         noisy, timesteps, batch["time_ids"], ids=batch.get("ids"), ids_2=batch.get("ids_2"),
