@@ -110,6 +110,9 @@ def open_study(exp: ExperimentPaths, spec: ExperimentSpec, index: int = 0) -> An
     path = str(exp.search_journal)
     storage = JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
     search = spec.sweep.search
+    with contextlib.suppress(KeyError):  # loaded, not created again: that appends to the journal at every open
+        return optuna.load_study(storage=storage, study_name=spec.name, sampler=_sampler(search, index),
+                                 pruner=_pruner(search))  # fmt: skip
     return optuna.create_study(
         storage=storage, study_name=spec.name, direction=direction(search.metric), load_if_exists=True,
         sampler=_sampler(search, index), pruner=_pruner(search),
