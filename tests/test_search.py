@@ -227,11 +227,6 @@ def test_a_bad_distribution_names_its_key(tmp_path: Path, space: str, expected: 
     assert "(1 problem)" in message  # that one only
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cover_hpc/spec/checks.py _distribution_problems takes low/high only as "
-    "YAML numbers; PyYAML reads 1e-6 (no dot) as a string, which every other number field accepts",
-)
 def test_a_bound_written_without_a_dot_is_a_number(tmp_path: Path) -> None:
     space = "      optim.lr_unet: {distribution: log_uniform, low: 1e-6, high: 1e-2}\n"
     assert load_spec(spec_text(tmp_path, space)).sweep.search.space["optim.lr_unet"]["distribution"] == "log_uniform"

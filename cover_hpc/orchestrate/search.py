@@ -72,7 +72,8 @@ def _distributions(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
             made[key] = CategoricalDistribution([json.dumps(v) if isinstance(v, (list, dict)) else v
                                                  for v in dist["values"]])  # fmt: skip
         elif kind == "int":
-            made[key] = IntDistribution(int(dist["low"]), int(dist["high"]), step=int(dist.get("step", 1)))
+            low, high = int(float(dist["low"])), int(float(dist["high"]))
+            made[key] = IntDistribution(low, high, step=int(float(dist.get("step", 1))))
         else:
             step = dist.get("step")
             made[key] = FloatDistribution(float(dist["low"]), float(dist["high"]), log=kind == "log_uniform",

@@ -853,14 +853,18 @@ def _number(value: Any) -> str:
 def log_files(experiment_dir: Path, run_id: str, stage: str) -> list[Path]:
     exp = ExperimentPaths(Path(experiment_dir).absolute())
     state = read_state(exp)
+    searched = _searched_spec(state)
+    tasks = [f"task-{c.index}" for c in search.claimed(exp, searched) if c.run.run_id == run_id] if searched else []
     for submission in reversed(state["submissions"]):
-        jobs = submission["runs"].get(run_id)
-        if not jobs:
-            continue
-        ids = [jobs["train"]] if stage == "train" else stage_ids(jobs[stage])
-        found = [p for job in ids if job for p in sorted(exp.logs.glob(f"*/{job}_*_log.*"))]
-        if found:
-            return found
+        for key in [run_id, *tasks]:
+            jobs = submission["runs"].get(key)
+            if not jobs:
+                continue
+            # a search task trains and validates its trial in one job
+            ids = [jobs["train"]] if stage == "train" or key in tasks else stage_ids(jobs[stage])
+            found = [p for job in ids if job for p in sorted(exp.logs.glob(f"*/{job}_*_log.*"))]
+            if found:
+                return found
     return []
 
 

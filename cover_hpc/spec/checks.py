@@ -60,6 +60,8 @@ def _rules(spec: ExperimentSpec) -> list[Rule]:
         ("train.min_snr_gamma", lambda v: v is None or v > 0, "must be greater than 0 (or empty)"),
         ("train.noise_offset", *non_negative),
         ("train.log_every", *positive),
+        ("train.ema_decay", lambda v: 0 < v < 1, "must be in (0, 1)"),
+        ("train.ema_warmup_steps", *non_negative),
         (
             "distributed.zero_stage",
             lambda v: 0 <= v <= 2,
@@ -240,6 +242,12 @@ DISTRIBUTIONS = ("uniform", "log_uniform", "int", "choice")
 
 
 def _number(value: Any) -> bool:
+    """A finite number, or its text (YAML reads 1e-6, written without a dot, as a string)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return False
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -282,7 +290,7 @@ def _distribution_problems(path: str, key: str, dist: Any) -> list[Problem]:
         return [Problem(f"{path}.low", f"got low {low!r} >= high {high!r}; low must be below high.")]
     if kind == "log_uniform" and low <= 0:
         return [Problem(f"{path}.low", f"got {low!r}; a log scale needs low > 0 (use uniform for a range through 0).")]
-    if "step" in dist and (not _number(dist["step"]) or dist["step"] <= 0):
+    if "step" in dist and (not _number(dist["step"]) or float(dist["step"]) <= 0):
         return [Problem(f"{path}.step", f"got {dist['step']!r}; give a positive number.")]
     problems = []
     for name, value in (("low", low), ("high", high)):
