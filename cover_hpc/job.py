@@ -124,10 +124,11 @@ class StageTask:
 
             with recorded_failure(RunPaths(Path(self.target)), "infer"):
                 return infer_run(Path(self.target), self.shard, spec).__dict__
+        from cover_hpc.orchestrate.accounting import experiment_accounting
         from cover_hpc.stages.report import build_report
 
-        preemption.check()
-        return str(build_report(Path(self.target)))
+        preemption.check()  # the report's GPU-hours: sacct's, for each run's jobs (None: the local executor)
+        return str(build_report(Path(self.target), experiment_accounting(Path(self.target))))
 
 
 @dataclass

@@ -224,9 +224,11 @@ def near(colour: tuple[int, int, int], expected: tuple[int, int, int]) -> bool:
     return all(abs(a - b) <= 12 for a, b in zip(colour, expected, strict=True))
 
 
-def leaderboard(root: Node) -> list[list[str]]:
+def leaderboard(root: Node) -> list[dict[str, str]]:
+    """The leaderboard's rows, each by column."""
     table = root.one("table", id="leaderboard")
-    return [[cell.content for cell in row.all("td")] for row in table.all("tr")[1:]]
+    columns = header(root)
+    return [dict(zip(columns, [cell.content for cell in row.all("td")], strict=True)) for row in table.all("tr")[1:]]
 
 
 def header(root: Node) -> list[str]:
@@ -234,9 +236,15 @@ def header(root: Node) -> list[str]:
 
 
 def summary_rows(exp: Path) -> list[list[str]]:
+    """The summary's first table (the leaderboard), header first."""
     lines = (exp / "report" / "summary.md").read_text().splitlines()
-    rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines if line.startswith("| ")]
-    return rows
+    start = next(n for n, line in enumerate(lines) if line.startswith("| "))
+    table: list[str] = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append(line)
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in table if line.startswith("| ")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,17 +290,24 @@ def test_leaderboard_ranks_runs_by_their_best_point_in_the_metrics_direction(exp
     exp, root = experiment
     rows = leaderboard(root)
     columns = header(root)
-    assert [r[0] for r in rows] == ["run-b", "run-a", "run-c", "run-d"]  # cmmd: lowest first; no value; none
-    by_run = {r[0]: dict(zip(columns, r, strict=True)) for r in rows}
-    assert by_run["run-b"]["best step"] == "6 (snapshot)" and by_run["run-b"]["best value"] == "0.8"
-    assert by_run["run-a"]["best step"] == "4 (snapshot)" and by_run["run-a"]["best value"] == "1.5"
-    assert by_run["run-a"]["select by"] == "cmmd"
-    assert by_run["run-a"]["final CLIP"] == "27.00"  # the final LoRA's mean over items 26, 27, 28
-    assert by_run["run-d"]["status"] == "unfinished" and by_run["run-d"]["best step"] == "–"
+    assert [r["run"] for r in rows] == ["run-b", "run-a", "run-c", "run-d"]  # cmmd: lowest first; no value; none
+    assert [r["#"] for r in rows] == ["1", "2", "3", "4"]
+    by_run = {r["run"]: r for r in rows}
+    assert by_run["run-b"]["best step"] == "6 (snapshot)" and by_run["run-b"]["CMMD ↓"] == "0.8"
+    assert by_run["run-a"]["best step"] == "4 (snapshot)" and by_run["run-a"]["CMMD ↓"] == "1.5"
+    assert by_run["run-a"]["select by"] == "cmmd" and by_run["run-c"]["select by"] == "– (final only)"
+    # every metric at the chosen point, the ranking one first
+    assert columns[columns.index("best step") + 1 :][:6] == ["CMMD ↓", "CLIP ↑", "CLIP short ↑", "OCR similarity ↑",
+                                                               "OCR exact ↑", "held-out loss ↓"]  # fmt: skip
+    assert [by_run["run-a"][c] for c in ("CLIP ↑", "CLIP short ↑", "OCR similarity ↑", "OCR exact ↑",
+                                         "held-out loss ↓")] == ["24", "23", "0.5", "–", "0.2"]  # fmt: skip
+    assert by_run["run-c"]["CLIP ↑"] == "31" and by_run["run-c"]["CMMD ↓"] == "–"  # the final LoRA's mean, 30..32
+    assert by_run["run-d"]["state"] == "running" and by_run["run-d"]["best step"] == "–"
+    assert by_run["run-a"]["state"] == "finished"
     assert "by cmmd (lower is better)" in root.content
     markdown = summary_rows(exp)
     assert markdown[0] == columns
-    assert [r[0] for r in markdown[1:]] == ["run-b", "run-a", "run-c", "run-d"]
+    assert [r[1] for r in markdown[1:]] == ["run-b", "run-a", "run-c", "run-d"]
     assert dict(zip(columns, markdown[1], strict=True))["best step"] == "6 (snapshot)"
 
 
@@ -301,9 +316,11 @@ def test_a_higher_is_better_metric_ranks_the_highest_first(tmp_path: Path) -> No
     write_run(exp, Run("low", "clip_score", {0: (3.0, 20.0), 4: (1.0, 22.0), 8: (1.2, 21.0)}))
     write_run(exp, Run("high", "clip_score", {0: (3.0, 20.0), 4: (2.0, 24.0), 8: (2.2, 23.0)}))
     root = page(build_report(exp))
-    assert [r[0] for r in leaderboard(root)] == ["high", "low"]
-    by_run = {r[0]: dict(zip(header(root), r, strict=True)) for r in leaderboard(root)}
-    assert by_run["high"]["best step"] == "4 (snapshot)" and by_run["high"]["best value"] == "24"
+    assert [r["run"] for r in leaderboard(root)] == ["high", "low"]
+    by_run = {r["run"]: r for r in leaderboard(root)}
+    assert by_run["high"]["best step"] == "4 (snapshot)" and by_run["high"]["CLIP ↑"] == "24"
+    assert "select by" not in header(root)  # both chose by clip_score: the note says so
+    assert "(clip_score for every run)" in root.content
 
 
 def test_runs_that_chose_by_different_metrics_are_ranked_by_the_first_runs(tmp_path: Path) -> None:
@@ -313,7 +330,7 @@ def test_runs_that_chose_by_different_metrics_are_ranked_by_the_first_runs(tmp_p
     root = page(build_report(exp))
     columns = header(root)
     assert "best cmmd (step)" in columns
-    rows = {r[0]: dict(zip(columns, r, strict=True)) for r in leaderboard(root)}
+    rows = {r["run"]: r for r in leaderboard(root)}
     assert list(rows) == ["b-clip", "a-cmmd"]  # b's step 4 has the lowest CMMD, though b chose step 8 by CLIP
     assert rows["b-clip"]["best step"] == "8 (final)" and rows["b-clip"]["best cmmd (step)"] == "0.5 (4)"
     assert "different metrics (a-cmmd: cmmd, b-clip: clip_score)" in root.content
@@ -383,7 +400,7 @@ def test_finished_covers_are_shown_next_to_their_art_with_the_ocr_read_back(expe
     assert "minimum contrast 4.60:1 (emma)" in line and "the title could not be set on 1" in line
     summary = (exp / "report" / "summary.md").read_text()
     assert "- run-a: 2 of 3 covers finished" in summary and "exactly on 1 of 2 (50%)" in summary
-    assert dict(zip(header(root), leaderboard(root)[1], strict=True))["covers"] == "3"  # the cut line is not one
+    assert leaderboard(root)[1]["covers"] == "3"  # the cut line is not one
 
 
 def test_older_and_partial_files_fall_back(tmp_path: Path) -> None:
@@ -403,10 +420,9 @@ def test_older_and_partial_files_fall_back(tmp_path: Path) -> None:
     (half / "config.json").write_text(json.dumps({"run_id": "half-written", "swept": {}}))
     (half / "validate" / "k" / "validation.json").write_text('{"scores": {"lora": {"clip_sc')
     root = page(build_report(exp))
-    columns = header(root)
-    rows = {r[0]: dict(zip(columns, r, strict=True)) for r in leaderboard(root)}
+    rows = {r["run"]: r for r in leaderboard(root)}
     assert list(rows) == ["old-run", "new-run", "half-written", "training"]  # by CLIP: 26 (final), 24 (best)
-    assert rows["old-run"]["best step"] == "final" and rows["old-run"]["best value"] == "26"
+    assert rows["old-run"]["best step"] == "final" and rows["old-run"]["CLIP ↑"] == "26"
     assert rows["new-run"]["best step"] == "4 (snapshot)"
     assert "no per-step validation points" in root.content  # the old run has no curve
     assert [i.attrs["alt"] for i in root.all("img", css="curve")] == ["metrics new-run"]
@@ -422,7 +438,7 @@ def test_older_and_partial_files_fall_back(tmp_path: Path) -> None:
     assert len(images) == 2 * 3 * 2  # LoRA and base covers of both validated runs
     assert all(img.attrs["src"].startswith("data:image/jpeg;base64,") for img in root.all("img")
                if img.attrs.get("class") not in ("plot", "curve"))  # fmt: skip
-    assert (exp / "report" / "summary.md").read_text().count("| half-written |") == 1
+    assert [r[1] for r in summary_rows(exp)].count("half-written") == 1
 
 
 def test_files_written_through_the_records_read_as_before(tmp_path: Path) -> None:
@@ -436,14 +452,16 @@ def test_files_written_through_the_records_read_as_before(tmp_path: Path) -> Non
         exp = tmp_path / name / "exp"
         run = write_run(exp, Run("run-a", values={0: (3.0, 20.0), 4: (1.5, 24.0), 8: (1.9, 26.0)}))
         write_typeset_inference(run)
+        result = {"status": "finished", "steps": 8, "total_steps": 8, "epochs": 1.0, "final_loss": 0.125,
+                  "mean_loss": 0.5, "wall_time_s": 1.0, "samples_per_s": 1.0, "peak_memory_mb": 1.0, "requeues": 0,
+                  "world_size": 1}  # fmt: skip
         if name == "records":
             manifest = run / "infer" / "books-0123abcd" / "manifest.jsonl"
             write_records(manifest, read_record_lines(manifest, ManifestRow))
-            write_record(run / "train" / "train_result.json", TrainResult(
-                status="finished", steps=8, total_steps=8, epochs=1.0, final_loss=0.125, mean_loss=0.5,
-                wall_time_s=1.0, samples_per_s=1.0, peak_memory_mb=1.0, requeues=0, world_size=1,
-            ))  # fmt: skip
+            write_record(run / "train" / "train_result.json", TrainResult(**result))
             assert manifest.read_text().count('"schema_version": 1') == 3
+        else:
+            (run / "train" / "train_result.json").write_text(json.dumps(result))
         build_report(exp)
         summaries.append((exp / "report" / "summary.md").read_text())
     assert summaries[0] == summaries[1] and "2 of 3 covers finished" in summaries[1]
