@@ -114,7 +114,9 @@ def _grown(spec: ExperimentSpec, section_name: str, name: str, default: Any) -> 
 
 @pytest.mark.parametrize(("section_name", "name", "default", "other"), [
     ("lora", "dora", False, True),
-    ("train", "ema_decay", 0.0, 0.999),
+    ("train", "ema", False, True),
+    ("train", "ema_decay", 0.999, 0.99),
+    ("train", "ema_warmup_steps", 0, 100),
     ("data", "caption_dropout", 0.0, 0.1),
 ])  # fmt: skip
 def test_a_new_key_at_its_default_moves_no_id(section_name: str, name: str, default: Any, other: Any) -> None:

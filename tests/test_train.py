@@ -88,7 +88,10 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
         assert torch.equal(a[key], b[key]), key
 
 
-def resume_equivalence(tmp: Path, model: Path, data: Path, procs: int, /, **sections: dict[str, Any]) -> None:
+def resume_equivalence(
+    tmp: Path, model: Path, data: Path, procs: int, /, **sections: dict[str, Any]
+) -> tuple[Path, Path]:
+    """Train a run in one start and another stopped at step 7 and resumed; returns both run folders."""
     whole = run_dir(write_spec(tmp / "whole", model, data, **sections))
     train(whole, procs)
     split = run_dir(write_spec(tmp / "split", model, data, **sections))
@@ -103,6 +106,26 @@ def resume_equivalence(tmp: Path, model: Path, data: Path, procs: int, /, **sect
     assert_same_weights(weights(split), weights(whole))
     result = json.loads((split / "train" / "train_result.json").read_text())
     assert result["requeues"] == 1 and result["steps"] == 12 and result["world_size"] == procs
+    return whole, split
+
+
+def test_resume_is_exact_with_ema_and_dora(tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path) -> None:
+    """train.ema: the EMA's weights are in every checkpoint, so a resumed run averages the same
+    weights bit for bit; the EMA LoRA (with lora.dora's magnitudes) is written in train/ema/ in both
+    formats, and differs from the run's own LoRA."""
+    whole, split = resume_equivalence(
+        tmp_path, tiny_model_dir, demo_data_dir, 1,
+        lora={"dora": True}, train={"ema": True, "ema_decay": 0.9, "ema_warmup_steps": 4},
+    )  # fmt: skip
+    assert (split / "train/checkpoints/step-00000007/ema_state.safetensors").is_file()
+    ema_whole = load_file(whole / "train" / "ema" / "pytorch_lora_weights.safetensors")
+    ema_split = load_file(split / "train" / "ema" / "pytorch_lora_weights.safetensors")
+    assert_same_weights(ema_split, ema_whole)
+    assert ema_whole.keys() == weights(whole).keys()
+    assert any(k.endswith(".lora_magnitude_vector.weight") for k in ema_whole)
+    assert not all(torch.equal(ema_whole[k], weights(whole)[k]) for k in ema_whole)
+    kohya = load_file(whole / "train" / "ema" / "lora_kohya.safetensors")
+    assert any(k.endswith(".dora_scale") for k in kohya)
 
 
 def test_resume_is_exact_single_process(tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path) -> None:

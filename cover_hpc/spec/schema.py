@@ -149,6 +149,18 @@ class TrainConfig:
     min_snr_gamma: float | None = doc("Min-SNR loss weighting gamma (5.0 is usual); empty = off.", None)
     noise_offset: float = doc("Noise offset added to the training noise; 0 = off.", 0.0)
     log_every: int = doc("Steps between log lines when not attached to a terminal.", 10)
+    ema: bool = doc(
+        "Also keep an exponential moving average of the LoRA weights, updated after every optimizer step and "
+        "kept in the checkpoints; a finished training writes it to train/ema/ (diffusers file and kohya export).",
+        False,
+    )
+    ema_decay: float = doc("EMA decay per optimizer step, in (0, 1).", 0.999)
+    ema_warmup_steps: int = doc(
+        "EMA warm-up: for the first ema_warmup_steps steps the decay is min(ema_decay, (1 + step) / (10 + step)) "
+        "(step counted from 0), so early averages are not dominated by the initial weights; 0 = ema_decay "
+        "from the first step.",
+        0,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cover_hpc.model.ema import EMA_STATE, LoraEMA
 from cover_hpc.model.encoding import encode_chunks, tokenize_chunks
 from cover_hpc.model.lora import (
     PARTS,
@@ -45,7 +46,7 @@ from cover_hpc.spec.schema import ExperimentSpec, to_dict
 from cover_hpc.store import atomic, checkpoint, locks, snapshots
 from cover_hpc.store.cache import DiskCache, file_key, latent_cache, module_hash, text_cache, text_key
 from cover_hpc.store.data import DataError, EpochBatchSampler, Sample, load_pixels, report_bad, scan
-from cover_hpc.store.paths import RunPaths
+from cover_hpc.store.paths import KOHYA_WEIGHTS, RunPaths
 from cover_hpc.store.records import TrainResult, read_record, write_record
 from cover_hpc.store.runs import count_requeues, record_start
 
@@ -532,8 +533,9 @@ class Metrics:
             self.bar.close()
 
 
-def save_checkpoint(setup: Setup, progress: checkpoint.Progress) -> None:
-    """Every rank writes its part; rank 0 publishes the folder once all are done."""
+def save_checkpoint(setup: Setup, progress: checkpoint.Progress, ema: LoraEMA | None = None) -> None:
+    """Every rank writes its part; rank 0 publishes the folder once all are done (with the EMA's
+    weights, which every rank holds alike)."""
     accelerator, root = setup.accelerator, setup.paths.checkpoints
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
@@ -543,13 +545,16 @@ def save_checkpoint(setup: Setup, progress: checkpoint.Progress) -> None:
     accelerator.save_state(str(checkpoint.temporary_dir(root, progress.step)), **extra)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if ema is not None:
+            ema.save(checkpoint.temporary_dir(root, progress.step) / EMA_STATE)
         checkpoint.publish(root, progress.step, progress, to_dict(setup.spec))
         checkpoint.prune(root, setup.spec.train.checkpoints_kept)
     accelerator.wait_for_everyone()
 
 
-def resume(setup: Setup) -> checkpoint.Progress:
-    """Load the newest complete checkpoint, or return the progress of a fresh start."""
+def resume(setup: Setup, ema: LoraEMA | None = None) -> checkpoint.Progress:
+    """Load the newest complete checkpoint (and ``ema``'s weights from it), or return the progress
+    of a fresh start."""
     fresh = checkpoint.Progress(0, 0, 0, setup.dist.world_size, 1, 0.0, 0.0)
     folder = checkpoint.latest(setup.paths.checkpoints)
     if folder is None:
@@ -562,6 +567,8 @@ def resume(setup: Setup) -> checkpoint.Progress:
         )
     extra = {"load_module_strict": False} if setup.deepspeed else {}
     setup.accelerator.load_state(str(folder), **extra)
+    if ema is not None:
+        ema.load(folder / EMA_STATE)
     log.info("rank %d resumed from %s (step %d, epoch %d)", setup.dist.rank, folder, progress.step, progress.epoch)
     return dataclasses.replace(progress, starts=progress.starts + 1)
 
@@ -589,9 +596,10 @@ def run_loop(
     stop_after: int | None,
     judge: Judge | None = None,
     judge_steps: Sequence[int] = (),
+    ema: LoraEMA | None = None,
 ) -> tuple[checkpoint.Progress, str, float | None]:
-    """Train until the last step, a stop request or a judge's stop; returns the progress, status
-    and last loss."""
+    """Train until the last step, a stop request or a judge's stop (updating ``ema`` after every
+    optimizer step); returns the progress, status and last loss."""
     spec, accelerator, device = setup.spec, setup.accelerator, setup.accelerator.device
     metrics = Metrics(setup, progress.step)
     step, epoch, position = progress.step, progress.epoch, progress.batch_in_epoch
@@ -630,6 +638,8 @@ def run_loop(
             accumulated += loss.detach() / accum
             if not accelerator.sync_gradients:
                 continue
+            if ema is not None:
+                ema.update(step)  # step: the optimizer steps before this one
             step += 1
             wants_stop = STOP.is_set() or (stop_after is not None and step >= stop_after)
             flags = torch.stack([accumulated, torch.tensor(float(wants_stop), device=device)])
@@ -665,7 +675,7 @@ def run_loop(
             elif flags[1] > 0:
                 status = "stopped"
             if status or step % spec.train.checkpoint_every == 0:
-                save_checkpoint(setup, here)
+                save_checkpoint(setup, here, ema)
             if status:
                 break
         else:
@@ -698,6 +708,14 @@ def export_weights(setup: Setup) -> tuple[Path, Path]:
             raise RuntimeError(f"{weights} lacks {len(expected - keys)} {part} adapter tensors")
     kohya = export_kohya(weights, setup.paths.kohya_weights)
     return weights, kohya
+
+
+def export_ema(setup: Setup, ema: LoraEMA) -> Path:
+    """Rank 0: the EMA of the LoRA weights in diffusers format and its kohya export, in ``train/ema/``."""
+    with ema.swapped():
+        weights = save_lora(setup.paths.ema, adapted_parts(setup))
+    export_kohya(weights, setup.paths.ema / KOHYA_WEIGHTS)
+    return weights
 
 
 #: Asked on rank 0 at each of its steps (a search's rungs, after the snapshot there is written):
@@ -766,10 +784,15 @@ def _train(
 ) -> TrainResult:
     paths.train.mkdir(parents=True, exist_ok=True)
     setup = build(spec, paths)
-    progress = resume(setup)
-    final, status, last_loss = run_loop(setup, progress, stop_after, judge, judge_steps)
+    ema = None
+    if spec.train.ema:  # from the initial adapters, before a resume loads the checkpoint's average
+        ema = LoraEMA(setup.accelerator.unwrap_model(setup.model), spec.train.ema_decay, spec.train.ema_warmup_steps)
+    progress = resume(setup, ema)
+    final, status, last_loss = run_loop(setup, progress, stop_after, judge, judge_steps, ema)
     weights = kohya = None
     if status in DONE and setup.dist.is_main:
+        if ema is not None:  # before the run's own LoRA: a finished run has its EMA LoRA too
+            export_ema(setup, ema)
         weights, kohya = export_weights(setup)
     steps_done = final.step
     result = TrainResult(

@@ -51,6 +51,11 @@ class RunPaths:
         return self.train / KOHYA_WEIGHTS
 
     @property
+    def ema(self) -> Path:
+        """The folder of the EMA of the LoRA weights (train.ema): its diffusers file and kohya export."""
+        return self.train / "ema"
+
+    @property
     def train_result(self) -> Path:
         return self.train / "train_result.json"
 
