@@ -395,9 +395,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from cover_hpc.orchestrate.accounting import experiment_accounting
     from cover_hpc.stages.report import build_report
 
-    print(f"report: {build_report(args.experiment)}")
+    print(f"report: {build_report(args.experiment, experiment_accounting(Path(args.experiment)))}")
     return 0
 
 

@@ -528,9 +528,10 @@ def _run_local(plan: Plan, kind: str) -> Submission:
                     label = f"validate task {task.shard}"
                 print(f"[{run.run_id}] {label} {'done' if ok else 'FAILED'} ({time.perf_counter() - started:.0f} s)",
                       flush=True)  # fmt: skip
+    from cover_hpc.orchestrate.accounting import experiment_accounting
     from cover_hpc.stages.report import build_report
 
-    print(f"report: {build_report(plan.exp.root)}", flush=True)
+    print(f"report: {build_report(plan.exp.root, experiment_accounting(plan.exp.root))}", flush=True)
     return Submission(time.time(), kind, jobs, None)
 
 
@@ -601,10 +602,11 @@ def _run_search_local(plan: Plan, kind: str) -> Submission:
         outcome = job.result() if ok else {}
         what = f"trial {outcome.get('trial')} {outcome.get('run_id')}: {outcome.get('status')}" if ok else "FAILED"
         print(f"[search task {index}] {what} ({time.perf_counter() - started:.0f} s)", flush=True)
+    from cover_hpc.orchestrate.accounting import experiment_accounting
     from cover_hpc.stages.report import build_report
 
     if plan.exp.run_dirs():
-        print(f"report: {build_report(plan.exp.root)}", flush=True)
+        print(f"report: {build_report(plan.exp.root, experiment_accounting(plan.exp.root))}", flush=True)
     return Submission(time.time(), kind, jobs, None)
 
 

@@ -3,7 +3,7 @@
 <output_dir>/<name>/                 the experiment folder
     experiment.json                  the spec, the runs, job ids per stage, requeue counts
     <run_id>/config.json             the run's resolved config
-    <run_id>/train/                  checkpoints/, LoRA weights, train_result.json, metrics.jsonl
+    <run_id>/train/                  checkpoints/, LoRA weights, train_result.json, metrics.jsonl, provenance.json
     <run_id>/train/snapshots/step-N/ LoRA-only snapshots (validate.every_steps, at_steps), never pruned
     <run_id>/validate/<key>/         points/<step-N|base>/ (images/, metrics.json), validation.json,
                                      selection.json (key: prompts source + settings hash)
@@ -58,6 +58,11 @@ class RunPaths:
     @property
     def train_result(self) -> Path:
         return self.train / "train_result.json"
+
+    @property
+    def provenance(self) -> Path:
+        """What the training depends on (code, libraries, data, base model, spec, nodes, job): written once."""
+        return self.train / "provenance.json"
 
     @property
     def train_lock(self) -> Path:
@@ -251,7 +256,8 @@ class ExperimentPaths:
             return []
         entries = sorted(self.root.iterdir())
         linked = {os.readlink(p) for p in entries if p.is_symlink()}
-        return [RunPaths(p) for p in entries if (p / "config.json").is_file() and p.name not in linked]
+        skipped = linked | {self.best.name}  # best/ is a copy of the winning run's, with its config
+        return [RunPaths(p) for p in entries if (p / "config.json").is_file() and p.name not in skipped]
 
     @property
     def search(self) -> Path:
