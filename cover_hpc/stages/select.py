@@ -25,6 +25,7 @@ from cover_hpc.spec.schema import ExperimentSpec, to_dict
 from cover_hpc.spec.vocab import METRICS, NEEDS
 from cover_hpc.store import atomic, locks
 from cover_hpc.store.paths import KOHYA_WEIGHTS, LORA_WEIGHTS, RunPaths
+from cover_hpc.store.provenance import Provenance, describe
 from cover_hpc.store.records import RecordError, Selection, ValidationPoint, read_record, write_record
 
 
@@ -158,6 +159,10 @@ def model_card(spec: ExperimentSpec, paths: RunPaths, selection: Selection, samp
         "",
         *hyper,
         "",
+        "## Provenance",
+        "",
+        *_provenance(paths),
+        "",
         "## Validation",
         "",
         f"On {selection.num_prompts or len(samples)} held-out books, same prompts and seeds for every point "
@@ -173,6 +178,16 @@ def model_card(spec: ExperimentSpec, paths: RunPaths, selection: Selection, samp
         *sample_lines,
     ]
     return "\n".join([*front, "", *body]) + "\n"
+
+
+def _provenance(paths: RunPaths) -> list[str]:
+    """The model card's lines on what the training depended on (``train/provenance.json``)."""
+    try:
+        return describe(read_record(paths.provenance, Provenance))
+    except FileNotFoundError:
+        return ["Not recorded: trained before cover-hpc wrote `train/provenance.json`."]
+    except (OSError, RecordError) as error:
+        return [f"Unreadable: {error}"]
 
 
 def _same_best(folder: Path, selection: Selection) -> bool:
@@ -216,6 +231,8 @@ def _publish_best(
     atomic.write_text(staging / "README.md", model_card(spec, paths, selection, samples))
     write_record(staging / "selection.json", selection)
     atomic.write_json(staging / "config.json", to_dict(spec))
+    if paths.provenance.is_file():
+        shutil.copyfile(paths.provenance, staging / "provenance.json")
     old = paths.root / f".best-old-{os.getpid()}-{time.time_ns()}"
     if target.exists():
         os.rename(target, old)

@@ -394,6 +394,7 @@ def build(spec: ExperimentSpec, paths: RunPaths) -> Setup:
     if spec.train.prediction_type:
         noise_scheduler.register_to_config(prediction_type=spec.train.prediction_type)
     vae = None if latents is not None else parts.vae.to(device, torch.float32)
+    write_provenance(spec, paths, dist, accelerator, cache_root)
     empty_caption = None
     if spec.data.caption_dropout and text is not None:
         empty_caption = {k: v.unsqueeze(0).to(device) for k, v in text.get(text_key("")).items()}
@@ -405,6 +406,28 @@ def build(spec: ExperimentSpec, paths: RunPaths) -> Setup:
         spec, paths, dist, accelerator, model, optimizer, lr_scheduler, noise_scheduler, loader, sampler, vae,
         float(parts.vae.config.scaling_factor), adapted, total_steps, steps_per_epoch, deepspeed, empty_caption,
     )  # fmt: skip
+
+
+def write_provenance(
+    spec: ExperimentSpec, paths: RunPaths, dist: env.DistEnv, accelerator: Any, cache_root: Path
+) -> None:
+    """Rank 0 writes ``train/provenance.json`` at the run's first start (see cover_hpc.store.provenance);
+    every rank gives its host and device."""
+    from accelerate.utils import gather_object
+
+    from cover_hpc.model.weights import ModelRef, locate
+    from cover_hpc.store import provenance
+
+    device = accelerator.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    nodes = gather_object([provenance.Node(dist.rank, socket.gethostname(), name)])
+    if not dist.is_main or paths.provenance.is_file():
+        return
+    model = spec.model
+    folder = locate(ModelRef("model.pretrained", model.pretrained, "pipeline", model.revision, model.variant)).path
+    vae = locate(ModelRef("model.vae", model.vae, "vae")).path if model.vae else None
+    ranked = sorted(nodes, key=lambda node: node.rank)
+    write_record(paths.provenance, provenance.provenance(spec, to_dict(spec), cache_root, ranked, folder, vae))
 
 
 def _register_lora_hooks(accelerator: Any, deepspeed: bool) -> None:
