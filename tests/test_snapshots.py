@@ -48,7 +48,7 @@ def test_selection_takes_the_metric_in_its_direction_and_never_the_base_model() 
         record(8, "snapshot", clip_score=14.5, cmmd=1.5, heldout_loss=0.20),
         record(12, "final", clip_score=13.0, cmmd=1.0, heldout_loss=0.25),
     ]
-    assert select(records, "clip_score") == Choice("clip_score", "max", 8, 14.5)
+    assert select(records, "clip_score") == Choice("clip_score", "max", 8, 14.5, "snapshot")
     assert select(records, "cmmd").step == 12  # lower is better
     assert select(records, "heldout_loss").step == 8
     tie = [record(4, "snapshot", clip_score=14.0), record(8, "final", clip_score=14.0)]
@@ -102,6 +102,37 @@ def test_checkpoint_choice_resolves_to_a_file_or_says_what_exists(tmp_path: Path
     assert resolve_checkpoint(only_final, "best", selection.with_name("none.json")).final  # one LoRA: the best
     with pytest.raises(ValueError, match="not best, final or a step number"):
         resolve_checkpoint(paths, "latest", None)
+
+
+def test_the_ema_lora_is_its_own_point_at_the_last_step(tmp_path: Path) -> None:
+    """train.ema: train/ema/ is a point of kind ema at the last step, beside the final LoRA; it is
+    validated (its own name, kind and lock byte), can be selected, and infer.checkpoint=best finds it."""
+    from cover_hpc.spec.schema import ExperimentSpec
+    from cover_hpc.stages.validate import run_points
+
+    paths = fake_run(tmp_path / "run", [4, 8], 12)
+    paths.ema.mkdir()
+    (paths.ema / "pytorch_lora_weights.safetensors").write_bytes(b"ema")
+    points = lora_points(paths)
+    assert [(p.name, p.kind) for p in points] == [
+        ("step-00000004", "snapshot"), ("step-00000008", "snapshot"), ("step-00000012", "final"),
+        ("ema-step-00000012", "ema"),
+    ]  # fmt: skip
+    jobs = run_points(ExperimentSpec(), paths)
+    assert [(j.name, j.kind) for j in jobs if j.kind != "base"] == [(p.name, p.kind) for p in points]
+    assert len({j.slot for j in jobs}) == len(jobs)  # each its own byte of the validation lock
+    assert resolve_checkpoint(paths, "final", None).weights == paths.lora_weights
+    assert resolve_checkpoint(paths, "12", None).final  # a step number names the run's own LoRA
+    selection = tmp_path / "selection.json"
+    selection.write_text(json.dumps({"best": {"step": 12, "kind": "ema"}}))
+    assert resolve_checkpoint(paths, "best", selection).weights.read_bytes() == b"ema"
+    selection.write_text(json.dumps({"best": {"step": 12, "kind": "final"}}))
+    assert resolve_checkpoint(paths, "best", selection).final
+    records = [record(8, "snapshot", clip_score=14.0), record(12, "final", clip_score=14.5),
+               record(12, "ema", clip_score=15.0)]  # fmt: skip
+    assert select(records, "clip_score") == Choice("clip_score", "max", 12, 15.0, "ema")
+    records[-1] = record(12, "ema", clip_score=14.5)
+    assert select(records, "clip_score").kind == "final"  # a tie at one step: the run's own LoRA
 
 
 # --------------------------------------------------------------------------------------------

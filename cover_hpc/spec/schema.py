@@ -151,7 +151,8 @@ class TrainConfig:
     log_every: int = doc("Steps between log lines when not attached to a terminal.", 10)
     ema: bool = doc(
         "Also keep an exponential moving average of the LoRA weights, updated after every optimizer step and "
-        "kept in the checkpoints; a finished training writes it to train/ema/ (diffusers file and kohya export).",
+        "kept in the checkpoints; a finished training writes it to train/ema/ (diffusers file and kohya export), "
+        "which validation scores as a point of its own (kind ema, at the last step) that can be selected as best.",
         False,
     )
     ema_decay: float = doc("EMA decay per optimizer step, in (0, 1).", 0.999)

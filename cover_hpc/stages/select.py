@@ -48,16 +48,19 @@ class Scored(Protocol):
 
 @dataclass(frozen=True)
 class Choice:
-    """The point chosen by ``metric`` (in its ``direction``): its step and value."""
+    """The point chosen by ``metric`` (in its ``direction``): its step, value and kind (at the last
+    step, the final LoRA and its EMA are two points)."""
 
     metric: str
     direction: str
     step: int
     value: float
+    kind: str = "final"
 
 
 def select(points: Sequence[Scored], metric: str) -> Choice:
-    """The best LoRA point of ``points`` by ``metric``."""
+    """The best LoRA point of ``points`` by ``metric``; of equal values the earliest step, and at one
+    step the first in ``points`` (the final LoRA before its EMA)."""
     if metric not in METRICS:
         raise SelectionError(f"validate.select_by={metric!r} is not one of {', '.join(METRICS)}")
     direction = METRICS[metric][0]
@@ -71,7 +74,7 @@ def select(points: Sequence[Scored], metric: str) -> Choice:
         )
     sign = 1.0 if direction == "max" else -1.0
     best, value = max(candidates, key=lambda pv: (sign * float(pv[1]), -int(pv[0].step)))
-    return Choice(metric, direction, int(best.step), value)
+    return Choice(metric, direction, int(best.step), value, best.kind)
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,7 +96,7 @@ def model_card(spec: ExperimentSpec, paths: RunPaths, selection: Selection, samp
     points = selection.points
     base = next((p for p in points if p.kind == "base"), None)
     final = next((p for p in points if p.kind == "final"), None)
-    chosen = next(p for p in points if p.step == best.step and p.kind != "base")
+    chosen = next(p for p in points if p.step == best.step and p.kind == best.kind)
     lora, optim, train, data = spec.lora, spec.optim, spec.train, spec.data
     tags = ["stable-diffusion-xl", "stable-diffusion-xl-diffusers", "text-to-image", "diffusers", "lora",
             "template:sd-lora", "book-cover", "cover-hpc"]  # fmt: skip

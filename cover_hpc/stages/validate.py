@@ -183,17 +183,18 @@ def score_folder(scorer: Any, items: Sequence[Item], folder: Path) -> dict[str, 
 
 @dataclass(frozen=True)
 class PointJob:
-    """A point to score: the base model (``weights`` None, step 0), a snapshot or the final LoRA."""
+    """A point to score: the base model (``weights`` None, step 0), a snapshot, the final LoRA or
+    its EMA (train.ema)."""
 
     name: str
     step: int
     weights: Path | None
-    kind: str  # "base", "snapshot" or "final"
+    kind: str  # "base", "snapshot", "final" or "ema"
 
     @property
     def slot(self) -> int:
-        """Its byte of the validation lock (0 is the selection's)."""
-        return 1 if self.kind == "base" else self.step + 2
+        """Its byte of the validation lock (0 is the selection's; the EMA's is past the final LoRA's)."""
+        return 1 if self.kind == "base" else self.step + (3 if self.kind == "ema" else 2)
 
 
 def run_points(spec: ExperimentSpec, paths: RunPaths) -> list[PointJob]:
@@ -215,7 +216,7 @@ def run_points(spec: ExperimentSpec, paths: RunPaths) -> list[PointJob]:
     if beyond:
         log.warning("validate.at_steps %s are beyond the run's last step %d; left out", beyond, last)
     jobs = [PointJob("base", 0, None, "base")] if spec.validate.baseline else []
-    jobs += [PointJob(p.name, p.step, p.weights, "final" if p.final else "snapshot") for p in points]
+    jobs += [PointJob(p.name, p.step, p.weights, p.kind) for p in points]
     return jobs
 
 
@@ -569,7 +570,7 @@ def score_snapshot(spec: ExperimentSpec, paths: RunPaths, step: int) -> Validati
     from cover_hpc.store.runs import validation_key
 
     env.set_offline_defaults()
-    snapshot = next((p for p in lora_points(paths) if p.step == step and not p.final), None)
+    snapshot = next((p for p in lora_points(paths) if p.step == step and p.kind == "snapshot"), None)
     if snapshot is None:
         raise FileNotFoundError(f"run {paths.root.name} has no snapshot at step {step} in {paths.snapshots}")
     out = paths.validation(validation_key(spec))
@@ -613,7 +614,7 @@ def finish(
 
     choice = select(records, spec.validate.select_by)
     by_kind = {r.kind: r for r in records if r.kind != "snapshot"}
-    best = next(r for r in records if r.step == choice.step and r.kind != "base")
+    best = next(r for r in records if r.step == choice.step and r.kind == choice.kind)
     selection = Selection(
         run_id=paths.root.name, validation=out.root.name, select_by=choice.metric, direction=choice.direction,
         num_prompts=len(items), best=SelectionBest(best.step, best.kind, choice.value, best.weights),

@@ -4,7 +4,8 @@ Training writes a LoRA-only snapshot (the diffusers file, no optimizer state) at
 ``validate.every_steps`` and ``validate.at_steps`` name, into ``<run>/train/snapshots/step-N/``.
 Snapshots are written once, atomically (a staging folder renamed into place), and never pruned:
 the resumable checkpoints are. The final LoRA (``train/pytorch_lora_weights.safetensors``) is the
-point at the run's last step, and the base model is the point at step 0.
+point at the run's last step, and the base model is the point at step 0. With ``train.ema`` the
+EMA of the LoRA weights (``train/ema/``) is one more point at the last step, ``ema-step-N``.
 
 Validation scores every point and picks one by ``validate.select_by``
 (:mod:`cover_hpc.stages.select`); batch inference takes ``infer.checkpoint``: ``best``, ``final`` or
@@ -41,15 +42,22 @@ def clear_staging(paths: RunPaths) -> None:
 
 @dataclass(frozen=True)
 class Point:
-    """One LoRA on a run's step axis: a snapshot, or the final LoRA (``final``) at the last step."""
+    """One LoRA on a run's step axis: a snapshot, the final LoRA (``final``) at the last step, or
+    the EMA of the LoRA weights (``ema``) at the last step."""
 
     step: int
     weights: Path
     final: bool
+    ema: bool = False
 
     @property
     def name(self) -> str:
-        return f"step-{self.step:08d}"
+        return f"{'ema-' if self.ema else ''}step-{self.step:08d}"
+
+    @property
+    def kind(self) -> str:
+        """Its kind in validation records: snapshot, final or ema."""
+        return "ema" if self.ema else "final" if self.final else "snapshot"
 
 
 def total_steps(paths: RunPaths) -> int | None:
@@ -61,7 +69,8 @@ def total_steps(paths: RunPaths) -> int | None:
 
 
 def lora_points(paths: RunPaths) -> list[Point]:
-    """The run's snapshots on disk and, once training finished, its final LoRA, by step."""
+    """The run's snapshots on disk and, once training finished, its final LoRA (then its EMA LoRA
+    when there is one), by step."""
     points = []
     if paths.snapshots.is_dir():
         for folder in sorted(paths.snapshots.glob("step-*")):
@@ -72,6 +81,8 @@ def lora_points(paths: RunPaths) -> list[Point]:
     last = total_steps(paths)
     if last is not None and paths.lora_weights.is_file():
         points = [p for p in points if p.step < last] + [Point(last, paths.lora_weights, True)]
+        if (paths.ema / LORA_WEIGHTS).is_file():
+            points.append(Point(last, paths.ema / LORA_WEIGHTS, False, ema=True))
     return points
 
 
@@ -102,6 +113,7 @@ def resolve_checkpoint(paths: RunPaths, choice: str, selection: Path | None, sel
         try:
             data = json.loads(selection.read_text())
             step, chosen_by = int(data["best"]["step"]), data.get("select_by")
+            ema = data["best"].get("kind") == "ema"
         except (ValueError, KeyError, TypeError) as error:
             raise CheckpointError(
                 f"{selection} is not a selection cover-hpc wrote ({type(error).__name__}: {error}); delete it and "
@@ -113,9 +125,10 @@ def resolve_checkpoint(paths: RunPaths, choice: str, selection: Path | None, sel
                 f"re-select by {select_by} (cover-hpc validate: nothing is scored again), or set "
                 f"validate.select_by={chosen_by}"
             )
-        found = next((p for p in points if p.step == step), None)
+        found = next((p for p in points if p.step == step and p.ema == ema), None)
         if found is None:
-            raise CheckpointError(f"{selection} chose step {step}, which run {paths.root.name} no longer has")
+            what = f"the EMA LoRA at step {step}" if ema else f"step {step}"
+            raise CheckpointError(f"{selection} chose {what}, which run {paths.root.name} no longer has")
         return found
     if len(points) == 1:
         return final
