@@ -128,6 +128,18 @@ def test_resume_is_exact_with_ema_and_dora(tmp_path: Path, tiny_model_dir: Path,
     assert any(k.endswith(".dora_scale") for k in kohya)
 
 
+def test_resume_is_exact_two_processes_ddp_with_ema_and_dora(
+    tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path
+) -> None:
+    """Every rank keeps the EMA alike; rank 0 saves it in the checkpoint and every rank loads it back."""
+    whole, split = resume_equivalence(
+        tmp_path, tiny_model_dir, demo_data_dir, 2,
+        lora={"dora": True}, train={"batch_size": 2, "ema": True, "ema_decay": 0.9},
+    )  # fmt: skip
+    ema = "train/ema/pytorch_lora_weights.safetensors"
+    assert_same_weights(load_file(split / ema), load_file(whole / ema))
+
+
 def test_resume_is_exact_single_process(tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path) -> None:
     resume_equivalence(tmp_path, tiny_model_dir, demo_data_dir, 1)
 
