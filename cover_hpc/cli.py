@@ -85,6 +85,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(
             f"cover-hpc: adopted run folder {each.folder} (an earlier release's id) as {each.run_id}", file=sys.stderr
         )
+    if args.resources:
+        from cover_hpc.orchestrate import resources
+
+        estimated = resources.resource_runs(spec, runs)
+        if args.json:
+            print(json.dumps(resources.estimates_json(estimated, args.gpu, args.train_images), indent=2))
+        else:
+            print(resources.render_resources(spec, estimated, args.gpu, args.train_images))
+        return 0
     if spec.sweep.search.sampler != "none":
         return _plan_search(args, spec)
     if args.json:
@@ -560,6 +569,24 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("spec", type=Path, help="experiment spec (YAML)")
     plan.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
     plan.add_argument("--json", action="store_true", help="print a JSON list of {run_id, swept values}")
+    plan.add_argument(
+        "--resources",
+        action="store_true",
+        help="estimate each run's peak memory per rank (weights, adapters, gradients, optimiser, activations, "
+        "latents), step time, hours and the GPU-hours of the sweep or search",
+    )
+    plan.add_argument(
+        "--gpu",
+        choices=["h100", "h200", "a100", "l40s", "a40", "a10", "l4", "v100"],
+        default="h100",
+        help="GPU kind of the step-time estimate when slurm.constraint names none (default h100)",
+    )
+    plan.add_argument(
+        "--train-images",
+        type=int,
+        metavar="N",
+        help="training images, for runs counted in epochs whose data.train_dir cannot be read here",
+    )
     plan.set_defaults(func=cmd_plan)
 
     keys = commands.add_parser(
