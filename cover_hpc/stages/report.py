@@ -54,6 +54,14 @@ LABELS = {"clip_score": "CLIP", "clip_score_short": "CLIP short", "cmmd": "CMMD"
 STATE_ORDER = {"finished": 0, "stopped": 1, "running": 2, "not": 3, "failed": 4}
 
 
+def _is_best(point: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    """Whether ``point`` is the validation's choice: its step, and its kind where the choice names one
+    (the EMA of a run and its own LoRA share the last step)."""
+    if best is None or point.get("step") != best.get("step"):
+        return False
+    return best.get("kind") is None or point.get("kind") == best.get("kind")
+
+
 @dataclass(frozen=True)
 class RunUsage:
     """A run's jobs as the scheduler accounted them (elapsed time x allocated GPUs, every start of a
@@ -161,7 +169,7 @@ class RunReport:
         """The LoRA point the leaderboard reads: the validation's choice, else the final LoRA (None
         without validation points: none yet, or a validation of an older version)."""
         lora, best = self.lora_points, self.best
-        found = next((p for p in lora if best is not None and p["step"] == best["step"]), None)
+        found = next((p for p in lora if _is_best(p, best)), None)
         return found or next((p for p in lora if p.get("kind") == "final"), lora[-1] if lora else None)
 
     def chosen_metrics(self) -> dict[str, float | None]:
@@ -790,7 +798,7 @@ def point_rows(r: RunReport) -> list[tuple[bool, list[Cell]]]:
     rows: list[tuple[bool, list[Cell]]] = []
     for point in r.points:
         base = point.get("kind") == "base"
-        chosen = not base and best is not None and point["step"] == best["step"]
+        chosen = not base and _is_best(point, best)
         values = [_number(_metrics(point).get(m)) for m in METRICS]
         step: Cell = ("base", "-1") if base else (str(point["step"]), str(point["step"]))
         kind = "base model" if base else str(point.get("kind", "?")) + (" ★" if chosen else "")
@@ -822,7 +830,7 @@ def genre_rows(report: RunReport) -> tuple[int | None, list[GenreRow]]:
         if isinstance(entry, dict) and isinstance(entry.get("per_genre"), dict):
             tables[column] = entry["per_genre"]
     by_kind = {"base": report.base_point,
-               "best": next((p for p in report.lora_points if best and p["step"] == best["step"]), None),
+               "best": next((p for p in report.lora_points if _is_best(p, best)), None),
                "final": next((p for p in report.points if p.get("kind") == "final"), None)}  # fmt: skip
     for column, point in by_kind.items():  # points carry per_genre too
         if column not in tables and point is not None and isinstance(point.get("per_genre"), dict):
