@@ -37,8 +37,10 @@ How each part is reckoned (per rank, B = train.batch_size, W = world size = node
   each); without it the VAE encodes each batch in fp32 under no_grad, whose peak is about three 128-channel
   fp32 maps at full resolution per sample.
 - **loading** (CPU runs): ``load_parts`` reads every part in fp32 before training casts it, so the process's
-  peak is the larger of that phase (fp32 of all four parts + a half-precision weight file being read, or one
-  image's VAE encoding while the latent cache fills) and training; the part is the excess of the first.
+  peak is the larger of that phase and training; the part is the excess of the first. Loading peaks at the fp32
+  parameters read so far + the half-precision file of the part being read (held until it is filled; a fp32
+  file's tensors become the parameters), or at all four parts in fp32 + one image's VAE encoding while the
+  latent cache fills.
   :attr:`MemoryEstimate.training_gib` is the footprint while steps run.
 - **runtime**: the CUDA context and allocator reserve on a GPU (1.5 GiB assumed); on the CPU the Python
   process with torch, diffusers, transformers, accelerate, peft and deepspeed imported (0.4 GiB measured) and
@@ -487,10 +489,15 @@ def estimate_memory(spec: ExperimentSpec) -> MemoryEstimate:
     steady = frozen_weights + adapters + gradients + optimizer + activations + latent_cache + runtime
     loading = 0.0
     if not gpu:
-        fp32 = sum(sum(p.numel() for p in module.parameters()) for module in parts.values()) * 4
-        encode_one = 3 * configs["vae"].get("block_out_channels", (128,))[0] * height * width * 4
-        read = max(_read_surplus(spec, part, module) for part, module in parts.items())
-        loading = max(0.0, fp32 + runtime + max(read, encode_one if spec.data.cache_latents else 0) - steady)
+        # load_parts reads the parts in this order, each into fp32 while its own file is held (measured: a
+        # bf16 UNet's peak resident memory was its fp32 parameters + its file, 4.74 of 4.75 GiB)
+        held, peak = 0, 0
+        for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            held += sum(p.numel() for p in parts[part].parameters()) * 4
+            peak = max(peak, held + _read_surplus(spec, part, parts[part]))
+        if spec.data.cache_latents:  # then the cache fills, one image at a time, every part still in fp32
+            peak = max(peak, held + 3 * configs["vae"].get("block_out_channels", (128,))[0] * height * width * 4)
+        loading = max(0.0, peak + runtime - steady)
     return MemoryEstimate(
         frozen_weights=int(frozen_weights), adapters=int(adapters), gradients=int(gradients),
         optimizer=int(optimizer), activations=int(activations), latent_cache=int(latent_cache),
