@@ -4,13 +4,19 @@ Builds SDXL base 1.0 at full size from its configuration with random weights (be
 bf16, ~7 GB, once per --workdir), then, each stage in its own process as on the cluster:
 
 1. trains a LoRA on the UNet and both text encoders with cover-hpc's trainer (jobs/train.py):
-   bf16 mixed precision, gradient checkpointing, DeepSpeed ZeRO-2 on one rank, a small demo cover set
-   at a reduced resolution; it stops with a checkpoint after --stop-after steps, and a second start
-   resumes it to --steps, then writes both exports (diffusers LoRA and kohya);
+   bf16 mixed precision, gradient checkpointing, DeepSpeed ZeRO-2 on one rank (--backend ddp: DDP's
+   path, accelerate's autocast), a small demo cover set at a reduced resolution; it stops with a
+   checkpoint after --stop-after steps, and a second start resumes it to --steps, then writes both
+   exports (diffusers LoRA and kohya);
 2. samples one image with the trained LoRA in --sample-steps steps (cover_hpc.model.sampling.load_generator).
 
     python benchmarks/fullsize_cpu.py [--workdir /tmp/cover-hpc-fullsize] [--size 256x256] [--steps 4]
-        [--stop-after 2] [--sample-steps 2] [--json out.json]
+        [--stop-after 2] [--sample-steps 2] [--backend deepspeed|ddp] [--max-gib 14] [--json out.json]
+
+As of 2026-12-06 DeepSpeed with bf16 stops at the first step (accelerate applies no autocast under
+DeepSpeed: fp32 inputs meet the bf16 UNet); docs/PERFORMANCE.md "Full size on a CPU" ran --backend ddp.
+A full-size start peaks near 14.7 GiB while loading (the parts are read into fp32), so pass
+--max-gib 16 there; --max-gib only guards a shared machine (see run_measured).
 
 Peak memory is the training process's own peak resident set (ru_maxrss from os.wait4 on that
 process, the per-child form of getrusage(RUSAGE_CHILDREN)), the larger of the two starts. Seconds
