@@ -21,20 +21,7 @@ pytestmark = [pytest.mark.fullsize, pytest.mark.timeout(7200)]
 LAST_LINE = re.compile(r"^peak (\d+\.\d+) GiB, estimate (\d+\.\d+|n/a) GiB, (\d+\.\d+) s/step$")
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [
-        pytest.param(
-            "deepspeed",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="DeepSpeed with mixed precision gets no autocast: the fp32 latents meet the bf16 UNet "
-                "(mat1 and mat2 must have the same dtype), stages/train.py",
-            ),
-        ),
-        "ddp",
-    ],
-)
+@pytest.mark.parametrize("backend", ["deepspeed", "ddp"])
 def test_fullsize_sdxl_trains_resumes_samples_and_matches_the_estimate(tmp_path: Path, backend: str) -> None:
     workdir = Path(os.environ.get("COVER_HPC_FULLSIZE_DIR", "/tmp/cover-hpc-fullsize"))
     args = [sys.executable, str(REPO / "benchmarks" / "fullsize_cpu.py"), "--workdir", str(workdir),

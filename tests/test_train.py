@@ -389,3 +389,12 @@ def test_caption_dropout_caches_the_empty_caption(tmp_path: Path, tiny_model_dir
                                train={"max_steps": 2}))  # fmt: skip
     train(plain)
     assert losses(plain) != losses(run)  # same noise and timesteps, some captions empty
+
+
+def test_resume_is_exact_deepspeed_zero2_in_bf16(tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path) -> None:
+    """DeepSpeed casts the model to bf16 and accelerate then autocasts nothing: the trainer hands the
+    UNet its inputs in bf16 (fp32 latents met bf16 weights: mat1 and mat2 must have the same dtype)."""
+    resume_equivalence(
+        tmp_path, tiny_model_dir, demo_data_dir, 1, train={"mixed_precision": "bf16"},
+        distributed={"backend": "deepspeed", "zero_stage": 2},
+    )  # fmt: skip

@@ -489,6 +489,14 @@ def compute_loss(setup: Setup, batch: dict[str, Any], generator: torch.Generator
             shape = (-1,) + (1,) * (batch[key].dim() - 1)
             batch[key] = torch.where(dropped.view(shape), empty.to(batch[key].dtype), batch[key])
     noisy = setup.noise_scheduler.add_noise(latents, noise, timesteps)
+    if setup.deepspeed and spec.train.mixed_precision != "no":
+        # DeepSpeed holds the model in half precision and accelerate then autocasts nothing: the
+        # inputs are handed over in the model's dtype (the loss below is still taken in fp32)
+        half = torch.bfloat16 if spec.train.mixed_precision == "bf16" else torch.float16
+        noisy = noisy.to(half)
+        batch = {
+            k: v.to(half) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in batch.items()
+        }
     prediction = setup.model(
         noisy, timesteps, batch["time_ids"], ids=batch.get("ids"), ids_2=batch.get("ids_2"),
         prompt_embeds=batch.get("prompt_embeds"), pooled=batch.get("pooled"),
