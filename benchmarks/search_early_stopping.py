@@ -21,9 +21,11 @@ Read back from each experiment folder:
   time:     wall-clock around the whole command (start-up, training, rung scoring, validation, report)
             and the sum of the trials' training wall_time_s;
   winner:   <exp>/best/search.json "winner" (run_id, value).
-The load average is printed before and after each side: other work on the machine slows both. CPU
-seconds (user + system of the command and the processes it waited for) are less sensitive to it
-than wall time, but not immune: threads that wait for a busy core spin.
+The load average is printed before and after each side: other work on the machine slows both, and
+by far more than the difference measured (the same trial's training took 3 s in one round and 130 s
+in another on a 2-core box running test suites). CPU seconds (user + system of the command and the
+processes it waited for) are printed too, but grow with the load as well (threads that wait for a
+busy core spin). On a shared machine, run several rounds and trust the fastest of each side.
 """
 
 from __future__ import annotations
