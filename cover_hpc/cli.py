@@ -411,6 +411,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cover_size(text: str) -> tuple[int, int]:
+    """``WxH`` (e.g. 1600x2560) as (width, height), for argparse."""
+    parts = text.lower().replace("×", "x").split("x")
+    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give the size as WIDTHxHEIGHT in pixels, e.g. 1600x2560")
+    width, height = (int(part) for part in parts)
+    if not (16 <= width <= 12000 and 16 <= height <= 12000):
+        raise argparse.ArgumentTypeError(f"{text!r}: each side must be 16 to 12000 px")
+    return width, height
+
+
 def cmd_typeset(args: argparse.Namespace) -> int:
     """Typeset a title (and author) over an image; print the layout record (and the OCR read-back)."""
     from cover_hpc.typeset import TypesetError, read_back, typeset_file
@@ -427,7 +438,8 @@ def cmd_typeset(args: argparse.Namespace) -> int:
             print(f"cover-hpc: --verify: {error}; no cover written", file=sys.stderr)
             return 1
     try:
-        result = typeset_file(args.image, args.out, title=args.title, author=args.author, genres=genres, font=args.font)
+        result = typeset_file(args.image, args.out, title=args.title, author=args.author, genres=genres, font=args.font,
+                              size=args.size)  # fmt: skip
     except TypesetError as error:
         print(f"cover-hpc: {args.image}: {error}; no cover written", file=sys.stderr)
         return 1
@@ -762,9 +774,10 @@ def build_parser() -> argparse.ArgumentParser:
     typeset = commands.add_parser(
         "typeset",
         help="typeset a title (and author) over an image: a finished cover",
-        description="Set the title in the calmest of the top, middle and bottom bands, as large as fits in at "
-        "most 3 lines, in the colour of highest WCAG contrast with the pixels behind it (a scrim or outline "
-        "where none reaches 4.5:1); the author in the calmest band left. Prints the layout record as JSON. "
+        description="Set the title as large as fits in at most 3 lines and the author at no less than 0.4 of "
+        "its size, off the art's subject and faces, each over calm art or with the least treatment that makes "
+        "the pixels around its letters reach 4.5:1 (a shadow, a wash, a panel in from the edge). Prints the "
+        "layout record as JSON. "
         "Exit status: 0 written, 1 not written (text that does not fit, a character no font has, a bad "
         "image), 4 written but --verify's OCR did not read the text back exactly.",
     )
@@ -775,6 +788,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the book's genres, comma-separated (repeatable): they choose the face")  # fmt: skip
     typeset.add_argument("--font", help="serif, sans, display, or a font file (default: by genre)")
     typeset.add_argument("-o", "--out", type=Path, required=True, help="the finished cover (PNG, JPEG...)")
+    typeset.add_argument("--size", type=cover_size, metavar="WxH",
+                         help="the cover's size in pixels, e.g. 1600x2560 (default: the art's own); the art is "
+                         "resampled once, cropped to the aspect, never stretched")  # fmt: skip
     typeset.add_argument("--verify", action="store_true", help="read the text back with OCR and report it")
     typeset.add_argument("--ocr-engine", default="auto", help="OCR engine for --verify (default auto)")
     typeset.add_argument("--ocr-second", choices=("auto", "none"), default="auto",

@@ -1,19 +1,28 @@
-"""Finished covers: a book's title and author typeset over generated art, placed and coloured to be read.
+"""Finished covers: a book's title and author typeset over generated art, placed and treated to be read.
 
-No model is involved: :func:`typeset` takes any image. The rules (issue 13):
+No model is involved: :func:`typeset` takes any image. The rules (issues 13 and 22):
 
-- **Placement**: the title goes in the calmest of three bands (top, middle, bottom thirds of the area inside
-  the margins), the one with the least detail under the text box: the mean Sobel gradient magnitude of the
-  luma (PosterLayout's "Rea"). The author goes in the calmest band left.
-- **Fit**: the title is wrapped to at most 3 lines (balanced breaks) and set as large as fits inside margins
-  of at least 6% of the width; the author is smaller. Long titles shrink; words are never cut or hyphenated.
-  Below the minimum legible size, :class:`TextDoesNotFit` is raised and no cover is made.
-- **Colour**: the colour with the highest WCAG 2.x contrast (L1 + 0.05) / (L2 + 0.05) against the
-  background pixels behind the glyphs (the glyph mask, grown by a few pixels), measured against both the
-  darkest and the lightest of them. Below 4.5:1, a soft full-width scrim band (or an outline, where the
-  scrim would have to pass ``max_scrim_alpha`` on art that is not busy) is added and the contrast measured
-  again on the pixels as they then are. Art busier than ``max_detail`` under the text gets a scrim that
-  calms it even where the colour reads. A cover under 4.5:1 is never returned (:class:`ContrastUnreachable`).
+- **Size**: the cover is made at the size asked for (an ebook's 1600x2560, or the art's own size by
+  default): the art is resampled once (Lanczos, scaled to cover and centred, never stretched) and the
+  lettering is rendered at the output size, so it stays sharp.
+- **Fit**: the title is wrapped to at most 3 lines (balanced breaks), exactly as given (case, diacritics,
+  punctuation), and set as large as fits inside margins of at least 6% of the width. The author is set at
+  no less than ``author_min_scale`` (0.4) of the title's size: the title shrinks to make room. Words are
+  never cut or hyphenated. Below the minimum legible size, :class:`TextDoesNotFit` is raised.
+- **Where the eye goes**: OpenCV's spectral-residual saliency map (contrib module) above its Otsu threshold,
+  and the faces scikit-image's LBP cascade finds, mark the subject. Lettering over the subject costs, over a
+  face costs more than any treatment.
+- **Legible by measurement**: for each text in each band (top, middle, bottom third), the pixels right
+  around the glyphs (2 px to 15% of the size out) are measured: the WCAG 2.x contrast of the worst 1% of
+  them against the text colour, and the art's texture energy (mean Sobel magnitude, PosterLayout's "Rea").
+  The treatments covers use, in the order they hide more of the art: none (calm art that reads), a soft
+  shadow of the opposite colour, a wash over the whole art (at most 40%), a panel in from the nearest edge,
+  in the art's own hue darkened or lightened to 7:1 against the text, solid on busy art and fading into it.
+  A treatment counts only if the contrast reaches the target (4.5:1) and the texture left around the
+  letters is calm. Never a band through the middle of the art: panels start at the cover's edge.
+- **Choice**: each way that reads is scored by the salient share and faces it covers, the band (the middle
+  costs a little), and how much art it hides; the title and author are chosen together. The record
+  (:class:`Layout`) holds every figure, so a cover can be checked without the typesetter.
 - **Type**: faces by genre from Debian's font packages (serif, sans, display), overridable; a character
   that no face of the set or its fallbacks has raises :class:`MissingGlyph`, naming it.
 """
@@ -34,7 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from cover_hpc.spec.vocab import FONT_ROLES
 
@@ -43,7 +52,6 @@ Box = tuple[int, int, int, int]  # left, top, right, bottom (right and bottom ex
 WHITE: RGB = (255, 255, 255)
 BLACK: RGB = (0, 0, 0)
 BANDS = ("top", "middle", "bottom")
-Remedy = Literal["auto", "scrim", "outline"]
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -87,6 +95,9 @@ def describe_character(character: str) -> str:
 
 # ------------------------------------------------------------------------------------- options and result
 
+Treatment = Literal["auto", "shadow", "wash", "panel"]
+TREATMENTS = ("none", "shadow", "wash", "panel")  # in the order they hide more of the art
+
 
 @dataclass(frozen=True, kw_only=True)
 class TypesetOptions:
@@ -99,11 +110,13 @@ class TypesetOptions:
     title_max: float = 0.14  # a one-word title stops growing here
     author_min: float = 0.018  # 21 px at 1152 px high (12 pt printed)
     author_scale: float = 0.55  # the author at most this fraction of the title's size
+    author_min_scale: float = 0.4  # ... and at least this one (the title shrinks to make room)
     min_px: int = 12  # no text below this, whatever the image size
     target_contrast: float = 4.5  # WCAG AA for normal text; may be raised (7 for AAA), never lowered
-    max_scrim_alpha: float = 0.75  # contrast that needs a stronger scrim gets an outline instead (calm art only)
-    max_detail: float = 0.08  # busier art under the text (mean Sobel magnitude) is calmed by a scrim
-    remedy: Remedy = "auto"  # what is added below the target: auto (scrim, else outline), scrim, outline
+    panel_contrast: float = 7.0  # a panel's colour against its text (WCAG AAA): panels are where art is hardest
+    calm_detail: float = 0.035  # texture energy (mean Sobel magnitude) under text above which art counts as busy
+    max_wash: float = 0.4  # the strongest wash over the whole art; more would be a grey veil
+    treatment: Treatment = "auto"  # what goes under the text: auto (the least that reads), or one forced
     colours: tuple[RGB, ...] = (WHITE, BLACK)  # text colour candidates; the best contrast wins
     word_space: float = 0.0  # least space between words, in em; 0 keeps the font's own (0.25-0.33 em)
 
@@ -111,13 +124,16 @@ class TypesetOptions:
         problems = [
             f"margin: got {self.margin}; must be at least 0.06 (6% of the width)" if self.margin < 0.06 else "",
             f"target_contrast: got {self.target_contrast}; must be at least 4.5" if self.target_contrast < 4.5 else "",
+            f"panel_contrast: got {self.panel_contrast}; must be at least target_contrast"
+            if self.panel_contrast < self.target_contrast else "",
             f"title_lines: got {self.title_lines}; must be 1 to 3" if not 1 <= self.title_lines <= 3 else "",
-            f"remedy: got {self.remedy!r}; must be auto, scrim or outline"
-            if self.remedy not in ("auto", "scrim", "outline") else "",
+            f"treatment: got {self.treatment!r}; must be auto, shadow, wash or panel"
+            if self.treatment not in ("auto", "shadow", "wash", "panel") else "",
             "colours: give at least one colour" if not self.colours else "",
-            f"max_scrim_alpha: got {self.max_scrim_alpha}; must be in (0, 1]"
-            if not 0 < self.max_scrim_alpha <= 1 else "",
-            f"max_detail: got {self.max_detail}; must be greater than 0" if self.max_detail <= 0 else "",
+            f"max_wash: got {self.max_wash}; must be in [0, 1)" if not 0 <= self.max_wash < 1 else "",
+            f"calm_detail: got {self.calm_detail}; must be greater than 0" if self.calm_detail <= 0 else "",
+            f"author_min_scale: got {self.author_min_scale}; must be in (0, author_scale]"
+            if not 0 < self.author_min_scale <= self.author_scale else "",
             f"word_space: got {self.word_space}; must be 0 or more" if self.word_space < 0 else "",
         ]  # fmt: skip
         problems = [p for p in problems if p]
@@ -132,22 +148,24 @@ class TextBlock:
     role: str
     text: str
     lines: tuple[str, ...]
-    line_boxes: tuple[Box, ...]  # ink box of each line, outline included
+    line_boxes: tuple[Box, ...]  # ink box of each line
     baselines: tuple[int, ...]  # y of each line's baseline
+    words: tuple[tuple[str, int, int], ...]  # each word and where it is drawn: its left baseline point (PIL "ls")
     box: Box  # their union
-    band: str
-    band_detail: dict[str, float]  # mean Sobel magnitude under this box in each band it could go in
-    detail: float  # the same under the box as finished (after a scrim), glyphs left out
+    band: str  # top, middle or bottom: where it went
+    band_detail: dict[str, float]  # texture energy (mean Sobel magnitude) of the art under it in each band tried
+    band_salient: dict[str, float]  # share of the art's salient region under it in each band tried
+    detail: float  # texture energy around the glyphs as finished (its treatment included)
+    salient_share: float  # share of the salient region (subject, faces) under its ink box
+    on_face: bool  # its box overlaps a face found in the art (avoided wherever another place reads)
     font_file: str
     font_size: int
     colour: str  # "#rrggbb"
-    contrast: float  # min of the two below: the figure that must reach the target
-    contrast_darkest: float  # against the darkest background pixel under the glyphs
-    contrast_lightest: float  # against the lightest one
-    background_luminance: tuple[float, float]  # WCAG relative luminance of those two pixels
-    remedy: str  # none, scrim or outline
-    scrim: dict[str, Any] | None  # colour, alpha, rows it covers at full strength, feather
-    outline: dict[str, Any] | None  # colour, width in pixels
+    contrast: float  # WCAG contrast of the worst 5% of the pixels right around the glyphs: must reach the target
+    contrast_worst: float  # the worst 1% (what the typesetter itself holds to the target)
+    background_luminance: tuple[float, float]  # 5th and 95th percentile of those pixels' relative luminance
+    treatment: str  # none, shadow, wash or panel
+    treatment_detail: dict[str, Any] | None  # its colour, strength and extent
 
 
 @dataclass(frozen=True)
@@ -158,6 +176,9 @@ class Layout:
     genre_role: str  # serif, sans, display or "custom" (a font file given)
     title: TextBlock
     author: TextBlock | None
+    art_size: tuple[int, int]  # the art as given (width, height); resampled once to (width, height) if different
+    salient_area: float  # share of the cover that the saliency map and face finder mark as subject
+    faces: tuple[Box, ...]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -531,32 +552,98 @@ def mean_detail(detail: np.ndarray, box: Box) -> float:
     return float(detail[top:bottom, left:right].mean())
 
 
-def place(block: SetText, band: Box) -> tuple[int, int]:
-    """Top-left of the block's ink, centred in the band."""
-    left, top, right, bottom = band
-    return left + (right - left - block.width) // 2, top + (bottom - top - block.height) // 2
+# ---------------------------------------------------------------------------------- where the eye goes
+
+SALIENCY_SIDE = 256  # the saliency map is computed on the art scaled to this longest side
+FACE_SIDE = 320  # and faces are looked for at this one
 
 
-def _shift(box: Box, origin: tuple[int, int]) -> Box:
-    return box[0] + origin[0], box[1] + origin[1], box[2] + origin[0], box[3] + origin[1]
+@functools.cache
+def _cv2() -> Any:
+    """OpenCV with its contrib saliency module (opencv-contrib-python-headless), or a TypesetError saying so."""
+    try:
+        import cv2
+    except ImportError as error:
+        raise TypesetError(f"OpenCV is not installed ({error}); pip install opencv-contrib-python-headless") from None
+    if not hasattr(cv2, "saliency"):
+        raise TypesetError("OpenCV's saliency module is missing: the plain opencv-python build lacks it; "
+                           "pip install opencv-contrib-python-headless (at opencv-python's version)")  # fmt: skip
+    return cv2
 
 
-def _block_box(block: SetText, origin: tuple[int, int]) -> Box:
-    return _shift((0, 0, block.width, block.height), origin)
+@functools.cache
+def _face_finder() -> Any:
+    """scikit-image's LBP frontal-face cascade detector (OpenCV 5's wheels ship no cascades)."""
+    try:
+        from skimage import data
+        from skimage.feature import Cascade
+    except ImportError as error:
+        raise TypesetError(f"scikit-image is not installed ({error}): its face detector keeps lettering off "
+                           "faces; pip install scikit-image") from None  # fmt: skip
+    return Cascade(data.lbp_frontal_face_cascade_filename())
 
 
-def _choose_band(detail: np.ndarray, block: SetText, candidates: dict[str, Box]) -> tuple[str, dict[str, float]]:
-    scores = {
-        name: round(mean_detail(detail, _block_box(block, place(block, box))), 5) for name, box in candidates.items()
-    }
-    return min(scores, key=lambda name: scores[name]), scores  # ties: the first band (top)
+@dataclass(frozen=True)
+class Attention:
+    """Where the eye goes on the art: OpenCV's spectral-residual saliency map (Hou and Zhang 2007) above its
+    Otsu threshold, and the faces OpenCV's frontal-face cascade finds, each grown by a fifth."""
+
+    salient: np.ndarray  # bool, the art's size
+    faces: tuple[Box, ...]
+    _integral: np.ndarray = dataclasses.field(repr=False)
+
+    @classmethod
+    def of(cls, image: Image.Image) -> Attention:
+        cv2 = _cv2()
+        width, height = image.size
+        small = image.copy()
+        small.thumbnail((SALIENCY_SIDE, SALIENCY_SIDE), Image.Resampling.BILINEAR)
+        bgr = np.ascontiguousarray(np.asarray(small)[:, :, ::-1])
+        found, saliency = cv2.saliency.StaticSaliencySpectralResidual_create().computeSaliency(bgr)
+        mask = np.zeros((small.height, small.width), dtype=np.uint8)
+        if found and float(saliency.max()) > 0:
+            scaled = np.clip(saliency / float(saliency.max()) * 255, 0, 255).astype(np.uint8)
+            scaled = cv2.GaussianBlur(scaled, (0, 0), max(1.0, SALIENCY_SIDE / 128))
+            _, mask = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        salient = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST) > 0
+        faces = []
+        look = image.copy()
+        look.thumbnail((FACE_SIDE, FACE_SIDE), Image.Resampling.BILINEAR)
+        scale = width / look.width
+        grey = np.asarray(look.convert("L"), dtype=np.float32) / 255
+        found_faces = _face_finder().detect_multi_scale(img=grey, scale_factor=1.2, step_ratio=1, min_size=(24, 24),
+                                                        max_size=look.size, min_neighbor_number=4)  # fmt: skip
+        for face in found_faces:
+            x, y, w, h = face["c"], face["r"], face["width"], face["height"]
+            pad_x, pad_y = w * 0.2, h * 0.2
+            box = (max(0, round((x - pad_x) * scale)), max(0, round((y - pad_y) * scale)),
+                   min(width, round((x + w + pad_x) * scale)), min(height, round((y + h + pad_y) * scale)))  # fmt: skip
+            faces.append(box)
+            salient[box[1] : box[3], box[0] : box[2]] = True
+        integral = np.pad(salient.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        return cls(salient, tuple(faces), integral)
+
+    @property
+    def area(self) -> float:
+        return float(self._integral[-1, -1]) / max(1, self.salient.size)
+
+    def share(self, box: Box) -> float:
+        """The share of the salient region inside ``box`` (0 where the art has none)."""
+        total = float(self._integral[-1, -1])
+        if total == 0:
+            return 0.0
+        left, top, right, bottom = (max(0, v) for v in box)
+        right, bottom = min(right, self.salient.shape[1]), min(bottom, self.salient.shape[0])
+        if right <= left or bottom <= top:
+            return 0.0
+        i = self._integral
+        return float(i[bottom, right] - i[top, right] - i[bottom, left] + i[top, left]) / total
+
+    def on_face(self, box: Box) -> bool:
+        return any(box[0] < f[2] and f[0] < box[2] and box[1] < f[3] and f[1] < box[3] for f in self.faces)
 
 
-# -------------------------------------------------------------------------------- glyphs, scrim, outline
-
-
-def _region(box: Box, pad: int, size: tuple[int, int]) -> Box:
-    return max(0, box[0] - pad), max(0, box[1] - pad), min(size[0], box[2] + pad), min(size[1], box[3] + pad)
+# ---------------------------------------------------------------------------------- glyphs and treatments
 
 
 def glyph_mask(block: SetText, origin: tuple[int, int], region: Box, stroke: int = 0) -> Image.Image:
@@ -571,189 +658,253 @@ def glyph_mask(block: SetText, origin: tuple[int, int], region: Box, stroke: int
 
 
 def grow(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Boolean dilation by a square of side 2 * radius + 1 (separable, in numpy)."""
-    out = mask.copy()
-    for axis in (0, 1):
-        source, grown = out, out.copy()
-        for step in range(1, radius + 1):
-            ahead = [slice(None)] * 2
-            behind = [slice(None)] * 2
-            ahead[axis], behind[axis] = slice(step, None), slice(None, -step)
-            grown[tuple(ahead)] |= source[tuple(behind)]
-            grown[tuple(behind)] |= source[tuple(ahead)]
-        out = grown
-    return out
+    """Boolean dilation by a square of side 2 * radius + 1."""
+    if radius <= 0:
+        return mask.copy()
+    kernel = np.ones((2 * radius + 1, 2 * radius + 1), dtype=np.uint8)
+    return np.asarray(_cv2().dilate(mask.astype(np.uint8), kernel), dtype=bool)
+
+
+def ring_radius(size: int) -> int:
+    """How far around each glyph its background is measured: the art the eye reads the letter against."""
+    return max(3, round(size * 0.15))
+
+
+def glyph_ring(glyphs: np.ndarray, size: int) -> np.ndarray:
+    """The pixels right around the glyphs: from 2 px out (past the anti-aliased edge) to :func:`ring_radius`."""
+    return grow(glyphs, ring_radius(size)) & ~grow(glyphs, 1)
+
+
+MEASURE_SAMPLE = 20_000
 
 
 @dataclass(frozen=True)
 class Measure:
     colour: RGB
-    darkest: float  # luminance of the darkest background pixel under the glyphs
-    lightest: float
-    contrast_darkest: float
-    contrast_lightest: float
-
-    @property
-    def contrast(self) -> float:
-        return min(self.contrast_darkest, self.contrast_lightest)
+    worst5: float  # contrast of the worst 5% of the ring's pixels against the colour
+    worst1: float  # of the worst 1%
+    luminance: tuple[float, float]  # 5th and 95th percentile of the ring's luminance
 
 
-def measure(canvas: Image.Image, region: Box, under: np.ndarray, colours: Sequence[RGB]) -> Measure:
-    """The best text colour against the canvas pixels under ``under`` (a mask of ``region``), and its contrast."""
-    pixels = np.asarray(canvas.crop(region))[under]
-    lum = luminance(pixels)
-    darkest, lightest = float(lum.min()), float(lum.max())
-    colour, against_darkest, against_lightest = best_colour(darkest, lightest, colours)
-    return Measure(colour, darkest, lightest, against_darkest, against_lightest)
+def measure(pixels: np.ndarray, colours: Sequence[RGB]) -> Measure:
+    """The colour whose worst 1% of contrasts against ``pixels`` (the ring, (n, 3) uint8) is best, and its figures."""
+    if len(pixels) > MEASURE_SAMPLE:  # an even sample: percentiles of 20,000 pixels are as good as of all
+        pixels = pixels[:: math.ceil(len(pixels) / MEASURE_SAMPLE)]
+    lum = luminance(pixels) if len(pixels) else np.zeros(1)
+    best: Measure | None = None
+    for colour in colours:
+        own = relative_luminance(colour)
+        contrasts = (np.maximum(lum, own) + 0.05) / (np.minimum(lum, own) + 0.05)
+        worst1, worst5 = (float(v) for v in np.percentile(contrasts, (1, 5)))
+        found = Measure(colour, worst5, worst1, (float(np.percentile(lum, 5)), float(np.percentile(lum, 95))))
+        if best is None or found.worst1 > best.worst1:
+            best = found
+    assert best is not None
+    return best
 
 
-def _blend(pixels: np.ndarray, towards: RGB, alpha: np.ndarray | float) -> np.ndarray:
+def _blend(pixels: np.ndarray, towards: RGB | np.ndarray, alpha: np.ndarray | float) -> np.ndarray:
     mixed = pixels.astype(np.float32) * (1 - alpha) + np.asarray(towards, dtype=np.float32) * alpha
     return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
 
-def scrim_needed(pixels: np.ndarray, options: TypesetOptions) -> tuple[float, RGB]:
-    """The least scrim alpha (and its colour, black or white) that lifts the best text colour to the target.
-
-    Searched on the pixels that bind (the lightest for a dark scrim, the darkest for a light one); the
-    caller measures the result on every pixel and strengthens the scrim if rounding left it short.
-    """
-    lum = luminance(pixels)
-    keep = min(len(lum), 4096)
-    results = []
-    text_luminances = [relative_luminance(colour) for colour in options.colours]
-    for towards, sign in ((BLACK, -1), (WHITE, 1)):
-        # a dark scrim carries the lightest text colour, and the lightest pixels bind it; a light one the reverse
-        own = max(text_luminances) if towards == BLACK else min(text_luminances)
-        subset = pixels[np.argpartition(sign * lum, keep - 1)[:keep]]
-
-        def worst(alpha: float, subset: np.ndarray = subset, towards: RGB = towards, own: float = own) -> float:
-            blended = luminance(_blend(subset, towards, alpha))
-            return min(contrast_ratio(own, float(blended.min())), contrast_ratio(own, float(blended.max())))
-
-        if worst(1.0) < options.target_contrast:
-            continue
-        low, high = 0.0, 1.0
-        for _ in range(12):
-            middle = (low + high) / 2
-            low, high = (low, middle) if worst(middle) >= options.target_contrast + 0.02 else (middle, high)
-        results.append((high, towards))
-    if not results:
-        raise ContrastUnreachable(f"no text colour of {options.colours} reaches {options.target_contrast}:1 even on a "
-                                  "solid scrim; add black or white to the colours")  # fmt: skip
-    return min(results)
+def _smoothstep(ramp: np.ndarray) -> np.ndarray:
+    ramp = np.clip(ramp, 0, 1)
+    return ramp * ramp * (3 - 2 * ramp)
 
 
-def apply_scrim(canvas: Image.Image, base: Image.Image, rows: tuple[int, int], feather: int, alpha: float,
-                towards: RGB) -> None:  # fmt: skip
-    """A full-width band over ``rows`` at ``alpha``, fading to nothing over ``feather`` px above and below."""
-    top, bottom = max(0, rows[0] - feather), min(canvas.height, rows[1] + feather)
-    y = np.arange(top, bottom, dtype=np.float32)
-    outside = np.maximum(rows[0] - y, y - (rows[1] - 1)).clip(0, None) / max(feather, 1)
-    ramp = 1 - np.clip(outside, 0, 1)
-    strength = (alpha * ramp * ramp * (3 - 2 * ramp))[:, None, None]  # smoothstep: no visible edge
-    strip = np.asarray(base.crop((0, top, canvas.width, bottom)))
-    canvas.paste(Image.fromarray(_blend(strip, towards, strength)), (0, top))
+def panel_colour(art: np.ndarray, text: RGB, contrast: float) -> RGB:
+    """The art's own mean colour, darkened (under light text) or lightened (under dark) just until ``text``
+    reaches ``contrast`` against it: a panel in the cover's palette rather than a grey one."""
+    mean = art.reshape(-1, 3).mean(axis=0) if art.size else np.zeros(3)
+    own = relative_luminance(text)
+    towards = BLACK if own > 0.5 else WHITE
+    for step in range(0, 101, 2):
+        candidate = tuple(int(v) for v in _blend(mean[None], towards, step / 100)[0])
+        if contrast_ratio(own, relative_luminance(candidate)) >= contrast:  # type: ignore[arg-type]
+            return candidate  # type: ignore[return-value]
+    return towards
 
 
 @dataclass(frozen=True)
 class _Draft:
-    """Where one text goes, before its colour is known."""
+    """Where one text goes, before its treatment is known."""
 
     role: str
     text: str
     block: SetText
-    band: str
-    band_box: Box
-    band_detail: dict[str, float]
     sizes: tuple[int, int]
     max_lines: int
 
 
-def _finish(canvas: Image.Image, draft: _Draft, options: TypesetOptions) -> TextBlock:
-    """Measure behind the glyphs; add a scrim or outline where the best colour falls short or the art is too
-    busy; draw; record."""
-    block = draft.block
-    origin = place(block, draft.band_box)
-    radius = grow_radius(block.size)
-    region = _region(_block_box(block, origin), radius + 1, canvas.size)
-    under = grow(np.asarray(glyph_mask(block, origin, region)) > 0, radius)
-    found = measure(canvas, region, under, options.colours)
-    busy = draft.band_detail[draft.band]
-    calm_alpha = 1 - options.max_detail / busy if busy > options.max_detail else 0.0
-    scrim: dict[str, Any] | None = None
-    outline: dict[str, Any] | None = None
-    if found.contrast < options.target_contrast or calm_alpha > 0:
-        if found.contrast < options.target_contrast:
-            alpha, towards = scrim_needed(np.asarray(canvas.crop(region))[under], options)
-        else:  # legible colour, busy art: calm it, darkening under light text, lightening under dark
-            alpha, towards = 0.0, BLACK if relative_luminance(found.colour) > 0.5 else WHITE
-        use_outline = options.remedy == "outline" or (
-            options.remedy == "auto" and not calm_alpha and alpha > options.max_scrim_alpha
-        )
-        outlined = _outlined(draft, found.colour, options) if use_outline else None
-        if outlined is not None:
-            block, origin, outline_colour = outlined
-            region = _region(_block_box(block, origin), radius + 1, canvas.size)
-            canvas.paste(outline_colour, region, glyph_mask(block, origin, region, block.stroke))
-            under = grow(np.asarray(glyph_mask(block, origin, region)) > 0, radius)
-            outline = {"colour": hex_colour(outline_colour), "width": block.stroke}
+@dataclass
+class _Attempt:
+    """One text in one band with one treatment, drawn on a copy of the region it changes."""
+
+    band: str
+    origin: tuple[int, int]
+    treatment: str
+    cost: float
+    found: Measure
+    detail: float
+    salient: float
+    on_face: bool
+    patch: Image.Image  # the cover's pixels over ``patch_box`` as finished, text included
+    patch_box: Box
+    record: dict[str, Any] | None
+
+
+def _place(block: SetText, band: str, box: Box) -> tuple[int, int]:
+    """Top-left of the block's ink in its band: at the band's outer edge for top and bottom (where a panel
+    from the cover's edge stays short), centred in the middle."""
+    left, top, right, bottom = box
+    x = left + (right - left - block.width) // 2
+    if band == "top":
+        return x, top
+    if band == "bottom":
+        return x, bottom - block.height
+    return x, top + (bottom - top - block.height) // 2
+
+
+class _Typesetter:
+    """One cover's art, what is known of it, and the text set so far."""
+
+    def __init__(self, canvas: Image.Image, options: TypesetOptions, margin_px: int, attention: Attention,
+                 wash: dict[str, Any] | None = None) -> None:  # fmt: skip
+        self.canvas, self.options, self.margin_px, self.attention = canvas, options, margin_px, attention
+        self.wash = wash  # the wash over the whole art, once one text has asked for it
+        self.measured: dict[tuple[str, str], tuple[float, float]] = {}  # (role, band): art's detail, salient share
+        self.regions = bands(canvas.width, canvas.height, margin_px)
+
+    def applied(self, attempt: _Attempt) -> _Typesetter:
+        """A typesetter for the next text, on a copy of the cover with ``attempt`` drawn."""
+        canvas = self.canvas.copy()
+        canvas.paste(attempt.patch, attempt.patch_box[:2])
+        wash = attempt.record if attempt.treatment == "wash" else self.wash
+        return _Typesetter(canvas, self.options, self.margin_px, self.attention, wash)
+
+    def attempts(self, draft: _Draft, band: str) -> list[_Attempt]:
+        """Every treatment that makes ``draft`` read in ``band``, cheapest (least art hidden) first."""
+        block, options = draft.block, self.options
+        origin = _place(block, band, self.regions[band])
+        ink = _block_box(block, origin)
+        reach = max(ring_radius(block.size) + 2, round(block.size * 0.3))
+        region = _region(ink, reach, self.canvas.size)
+        glyphs = np.asarray(glyph_mask(block, origin, region)) > 0
+        ring = glyph_ring(glyphs, block.size)
+        art = np.asarray(self.canvas.crop(region))
+        detail = mean_detail(detail_map(Image.fromarray(art)), (0, 0, *_box_size(region)))
+        salient, on_face = self.attention.share(ink), self.attention.on_face(ink)
+        # lettering over the subject, over a face, or across the middle of the art (where subjects usually are)
+        base_cost = 2.0 * salient + (3.0 if on_face else 0.0) + (0.1 if band == "middle" else 0.0)
+        self.measured[(draft.role, band)] = (round(detail, 5), round(salient, 5))
+        forced = options.treatment
+        found: list[_Attempt] = []
+
+        def keep(treatment: str, patch: Image.Image, box: Box, record: dict[str, Any] | None, extra: float) -> None:
+            pixels = np.asarray(patch.crop(_shift(region, (-box[0], -box[1]))))
+            after = measure(pixels[ring], options.colours)
+            if after.worst1 < options.target_contrast:
+                return
+            left_detail = mean_detail(detail_map(Image.fromarray(pixels)), (0, 0, *_box_size(region)))
+            if treatment in ("none", "wash") and left_detail > options.calm_detail * 1.5:
+                return  # reads by contrast, but the texture would still stop a reader
+            rank = TREATMENTS.index(treatment) * 0.15
+            drawn = patch.copy()
+            drawn.paste(after.colour, _shift(region, (-box[0], -box[1])), glyph_mask(block, origin, region))
+            found.append(_Attempt(band, origin, treatment, base_cost + rank + extra, after, round(left_detail, 5),
+                                  salient, on_face, drawn, box, record))  # fmt: skip
+
+        calm = detail <= options.calm_detail
+        if forced == "auto" and calm and self.wash is None:
+            keep("none", self.canvas.crop(region), region, None, 0.0)
+        if forced in ("auto", "shadow") and (detail <= 1.5 * options.calm_detail or forced == "shadow"):
+            self._shadow(block, origin, region, glyphs, art, keep)
+        if forced in ("auto", "wash") and self.wash is not None and calm:  # the wash the title asked for
+            keep("wash", self.canvas.crop(region), region, self.wash, 0.0)
+        elif forced in ("auto", "wash") and self.wash is None and (calm or forced == "wash"):
+            self._wash(region, ring, keep)
+        if forced in ("auto", "panel") and band != "middle":  # never a stripe through the middle of the art
+            self._panel(block, ink, band, detail, keep)
+        return sorted(found, key=lambda attempt: attempt.cost)
+
+    def _shadow(self, block: SetText, origin: tuple[int, int], region: Box, glyphs: np.ndarray, art: np.ndarray,
+                keep: Any) -> None:  # fmt: skip
+        """A soft halo of the colour opposite the text's, solid out to the measured ring and fading past it."""
+        ring = glyph_ring(glyphs, block.size)
+        light = measure(art[ring], (WHITE,)).worst5 >= measure(art[ring], (BLACK,)).worst5
+        halo_colour = BLACK if light else WHITE
+        solid = ring_radius(block.size) + 1
+        core = grow(glyphs, solid).astype(np.float32)
+        soft = np.asarray(Image.fromarray((core * 255).astype(np.uint8)).filter(
+            ImageFilter.GaussianBlur(max(1.0, solid * 0.6))), dtype=np.float32) / 255  # fmt: skip
+        alpha = np.maximum(core, np.clip(soft * 1.2, 0, 1))[:, :, None] * 0.92
+        alpha = np.where(core[:, :, None] > 0, 1.0, alpha)
+        patch = Image.fromarray(_blend(art, halo_colour, alpha))
+        keep("shadow", patch, region, {"colour": hex_colour(halo_colour), "radius": solid}, 0.0)
+
+    def _wash(self, region: Box, ring: np.ndarray, keep: Any) -> None:
+        """A uniform tint over the whole art, as weak as reads (at most ``max_wash``)."""
+        options = self.options
+        behind = np.asarray(self.canvas.crop(region))[ring]
+        alphas = [round(float(a), 2) for a in np.arange(0.1, options.max_wash + 1e-9, 0.05)]
+        for towards in (BLACK, WHITE):
+
+            def reads(index: int, towards: RGB = towards) -> bool:
+                washed = _blend(behind, towards, alphas[index])
+                return measure(washed, options.colours).worst1 >= options.target_contrast + 0.1
+
+            if not alphas or not reads(len(alphas) - 1):
+                continue  # not even the strongest wash reads: no weaker one will
+            low, high = 0, len(alphas) - 1  # the weakest that reads (contrast grows with the wash)
+            while low < high:
+                middle = (low + high) // 2
+                low, high = (low, middle) if reads(middle) else (middle + 1, high)
+            washed = Image.fromarray(_blend(np.asarray(self.canvas), towards, alphas[low]))
+            record = {"colour": hex_colour(towards), "alpha": alphas[low]}
+            keep("wash", washed, (0, 0, *self.canvas.size), record, alphas[low])
+
+    def _panel(self, block: SetText, ink: Box, band: str, detail: float, keep: Any) -> None:
+        """A full-width panel in from the nearest edge, in the art's palette: solid (or, on calm art, as opaque
+        as reads) behind the text and a margin beyond it, then fading into the art."""
+        options, (width, height) = self.options, self.canvas.size
+        pad = max(ring_radius(block.size) + 2, round(block.size * 0.45))
+        fade = max(4, round(block.size * 0.9))
+        if band == "top":
+            solid_rows = (0, min(height, ink[3] + pad))
+            box = (0, 0, width, min(height, solid_rows[1] + fade))
         else:
-            scrim = _scrim_until(canvas, region, under, block, max(alpha, calm_alpha), towards, options)
-        found = measure(canvas, region, under, options.colours)
-    if found.contrast < options.target_contrast:
-        raise ContrastUnreachable(f"the {draft.role} reaches only {found.contrast:.2f}:1 after the "
-                                  f"{'outline' if outline else 'scrim'}; this is a bug, please report it")  # fmt: skip
-    detail = mean_detail(detail_map(canvas.crop(region)), (0, 0, region[2] - region[0], region[3] - region[1]))
-    canvas.paste(found.colour, region, glyph_mask(block, origin, region))
-    return _record(draft, block, origin, found, scrim, outline, detail)
+            solid_rows = (max(0, ink[1] - pad), height)
+            box = (0, max(0, solid_rows[0] - fade), width, height)
+        art = np.asarray(self.canvas.crop(box))
+        rows = np.arange(box[1], box[3], dtype=np.float32)
+        outside = np.maximum(solid_rows[0] - rows, rows - (solid_rows[1] - 1)).clip(0, None) / fade
+        ramp = _smoothstep(1 - outside)[:, None, None]
+        under = art[max(0, solid_rows[0] - box[1]) : solid_rows[1] - box[1]]
+        salient_extra = 1.5 * self.attention.share(box)
+        for text in options.colours:
+            colour = panel_colour(under, text, options.panel_contrast)
+            strength = 1.0 if detail > options.calm_detail else 0.85
+            patch = Image.fromarray(_blend(art, colour, ramp * strength))
+            record = {"colour": hex_colour(colour), "alpha": strength, "edge": band, "rows": list(solid_rows),
+                      "fade": fade}  # fmt: skip
+            keep("panel", patch, box, record, salient_extra)
 
 
-def _outlined(draft: _Draft, colour: RGB, options: TypesetOptions) -> tuple[SetText, tuple[int, int], RGB] | None:
-    """The text refitted with room for an outline, and the outline's colour: the farthest from the text's."""
-    try:
-        block = fit(draft.text, draft.block.face, _box_size(draft.band_box), draft.max_lines, draft.sizes,
-                    draft.role, outline=True, word_space=options.word_space)  # fmt: skip
-    except TextDoesNotFit:
-        if options.remedy == "outline":
-            raise
-        return None  # no room for the outline at a legible size: a scrim instead
-    own = relative_luminance(colour)
-    outline_colour = max((BLACK, WHITE), key=lambda c: contrast_ratio(own, relative_luminance(c)))
-    return block, place(block, draft.band_box), outline_colour
+def _block_box(block: SetText, origin: tuple[int, int]) -> Box:
+    return _shift((0, 0, block.width, block.height), origin)
 
 
-def _scrim_until(canvas: Image.Image, region: Box, under: np.ndarray, block: SetText, alpha: float,
-                 towards: RGB, options: TypesetOptions) -> dict[str, Any]:  # fmt: skip
-    """Apply the scrim; strengthen it in small steps while rounding leaves the measured contrast short."""
-    base = canvas.copy()
-    pad = max(grow_radius(block.size) + 1, round(block.size * 0.3))
-    rows = (max(0, region[1] - pad), min(canvas.height, region[3] + pad))
-    feather = round(block.size * 0.6)
-    while True:
-        apply_scrim(canvas, base, rows, feather, alpha, towards)
-        if measure(canvas, region, under, options.colours).contrast >= options.target_contrast or alpha >= 1:
-            return {"colour": hex_colour(towards), "alpha": round(alpha, 4), "rows": list(rows), "feather": feather}
-        alpha = min(1.0, alpha + 0.02)
+def _shift(box: Box, origin: tuple[int, int]) -> Box:
+    return box[0] + origin[0], box[1] + origin[1], box[2] + origin[0], box[3] + origin[1]
+
+
+def _region(box: Box, pad: int, size: tuple[int, int]) -> Box:
+    return max(0, box[0] - pad), max(0, box[1] - pad), min(size[0], box[2] + pad), min(size[1], box[3] + pad)
 
 
 def _box_size(box: Box) -> tuple[int, int]:
     return box[2] - box[0], box[3] - box[1]
-
-
-def _record(draft: _Draft, block: SetText, origin: tuple[int, int], found: Measure, scrim: dict[str, Any] | None,
-            outline: dict[str, Any] | None, detail: float) -> TextBlock:  # fmt: skip
-    return TextBlock(
-        role=draft.role, text=draft.text, lines=block.lines,
-        line_boxes=tuple(_shift(box, origin) for box in block.line_boxes),
-        baselines=tuple(origin[1] + y for _, y in block.origins), box=_block_box(block, origin),
-        band=draft.band, band_detail=draft.band_detail, detail=round(detail, 5),
-        font_file=block.face, font_size=block.size,
-        colour=hex_colour(found.colour), contrast=round(found.contrast, 3),
-        contrast_darkest=round(found.contrast_darkest, 3), contrast_lightest=round(found.contrast_lightest, 3),
-        background_luminance=(round(found.darkest, 5), round(found.lightest, 5)),
-        remedy="outline" if outline else "scrim" if scrim else "none", scrim=scrim, outline=outline,
-    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- entry
@@ -773,21 +924,95 @@ def _sizes(options: TypesetOptions, height: int) -> tuple[int, int]:
 
 
 def _author_sizes(options: TypesetOptions, height: int, title_size: int) -> tuple[int, int]:
-    smallest = max(options.min_px, math.ceil(options.author_min * height))
-    largest = max(math.floor(options.author_scale * title_size), min(smallest, math.floor(title_size * 0.85)))
-    return smallest, largest
+    """At least ``author_min_scale`` of the title (and the absolute minimum), at most ``author_scale`` of it."""
+    smallest = max(options.min_px, math.ceil(options.author_min * height),
+                   math.ceil(options.author_min_scale * title_size))  # fmt: skip
+    return smallest, max(smallest, math.floor(options.author_scale * title_size))
+
+
+MAX_SIDE = 12000  # an output side above this is a mistake (a 300 dpi print of 40 inches)
+
+
+def resample(art: Image.Image, size: tuple[int, int] | None) -> Image.Image:
+    """``art`` at ``size`` (width, height), resampled once (Lanczos): scaled to cover it and centred, so a
+    different aspect is cropped, never stretched. None keeps the art's own size."""
+    if size is None or tuple(size) == art.size:
+        return art
+    width, height = (int(v) for v in size)
+    if not (16 <= width <= MAX_SIDE and 16 <= height <= MAX_SIDE):
+        raise TypesetError(f"output size {width}x{height}: each side must be 16 to {MAX_SIDE} px")
+    scale = max(width / art.width, height / art.height)
+    seen_w, seen_h = width / scale, height / scale
+    left, top = (art.width - seen_w) / 2, (art.height - seen_h) / 2
+    return art.resize((width, height), Image.Resampling.LANCZOS, box=(left, top, left + seen_w, top + seen_h))
+
+
+def _fit_texts(title: str, title_face: str, author: str | None, author_face: str | None, room: tuple[int, int],
+               options: TypesetOptions, height: int) -> tuple[SetText, SetText | None]:  # fmt: skip
+    """The title as large as fits, and the author no smaller than ``author_min_scale`` of it: where the author
+    does not fit at that size, the title is set smaller until it does."""
+    smallest, largest = _sizes(options, height)
+    while True:
+        block = fit(title, title_face, room, options.title_lines, (smallest, largest), "title",
+                    word_space=options.word_space)  # fmt: skip
+        if not author or not author_face:
+            return block, None
+        try:
+            author_sizes = _author_sizes(options, height, block.size)
+            return block, fit(author, author_face, room, options.author_lines, author_sizes,
+                              "author", word_space=options.word_space)  # fmt: skip
+        except TextDoesNotFit:
+            if block.size <= smallest:
+                raise
+            largest = max(smallest, block.size - max(1, block.size // 12))
+
+
+def _record(draft: _Draft, attempt: _Attempt, detail: dict[str, float], salient: dict[str, float]) -> TextBlock:
+    block, origin, found = draft.block, attempt.origin, attempt.found
+    return TextBlock(
+        role=draft.role, text=draft.text, lines=block.lines,
+        line_boxes=tuple(_shift(box, origin) for box in block.line_boxes),
+        baselines=tuple(origin[1] + y for _, y in block.origins),
+        words=tuple((word, origin[0] + x + offset, origin[1] + y)
+                    for pieces, (x, y) in zip(block.pieces, block.origins, strict=True) for word, offset in pieces),
+        box=_block_box(block, origin), band=attempt.band, band_detail=detail, band_salient=salient,
+        detail=attempt.detail,
+        salient_share=round(attempt.salient, 4), on_face=attempt.on_face,
+        font_file=block.face, font_size=block.size, colour=hex_colour(found.colour),
+        contrast=round(found.worst5, 3), contrast_worst=round(found.worst1, 3),
+        background_luminance=(round(found.luminance[0], 5), round(found.luminance[1], 5)),
+        treatment=attempt.treatment, treatment_detail=attempt.record,
+    )  # fmt: skip
+
+
+def _choose(setter: _Typesetter, draft: _Draft, bands_left: Sequence[str]) -> list[_Attempt]:
+    """Every way ``draft`` reads in ``bands_left``, cheapest first."""
+    found = sorted((a for band in bands_left for a in setter.attempts(draft, band)), key=lambda a: a.cost)
+    if not found:
+        raise ContrastUnreachable(f"the {draft.role} reaches {setter.options.target_contrast}:1 in no place with "
+                                  f"treatment {setter.options.treatment!r}; use treatment 'auto'")  # fmt: skip
+    return found
 
 
 def typeset(image: Image.Image, title: str, *, author: str | None = None, genres: Sequence[str] = (),
-            font: str | None = None, options: TypesetOptions | None = None) -> TypesetResult:  # fmt: skip
+            font: str | None = None, options: TypesetOptions | None = None,
+            size: tuple[int, int] | None = None) -> TypesetResult:  # fmt: skip
     """Typeset ``title`` (and ``author``) over ``image``; the image passed in is left as it is.
 
-    ``font``: None (by ``genres``), a role (serif, sans, display) or a font file. Raises a
+    ``size``: the finished cover's (width, height); the art is resampled once to it and the lettering set at
+    it. ``font``: None (by ``genres``), a role (serif, sans, display) or a font file. Raises a
     :class:`TypesetError` (text that does not fit, a missing glyph) rather than return a poor cover.
+
+    Where each text goes and what goes under it is chosen together: every band (top, middle, bottom) and
+    every treatment (none on calm art, a shadow, a wash over the whole art, a panel in from the nearest edge)
+    that makes the worst 1% of the pixels around the glyphs reach the target contrast on art left calm
+    enough to read, is scored by how much of the salient region and of any face it covers and how much art
+    it hides; the cheapest wins, the title first and the author in the best band left.
     """
     options = options or TypesetOptions()
     started = time.perf_counter()
-    canvas = to_rgb(image)
+    art = to_rgb(image)
+    canvas = resample(art, size)
     width, height = canvas.size
     title = clean_text(title, "title")
     author = clean_text(author, "author") if author and author.strip() else None
@@ -796,37 +1021,63 @@ def typeset(image: Image.Image, title: str, *, author: str | None = None, genres
     author_face = choose_face(author, fonts, "author") if author else None
     margin_px = math.ceil(options.margin * width)
     regions = bands(width, height, margin_px)
-    detail = detail_map(canvas)
-    room = _box_size(regions["top"])
-    sizes = _sizes(options, height)
-    block = fit(title, title_face, room, options.title_lines, sizes, "title", word_space=options.word_space)
-    band, scores = _choose_band(detail, block, regions)
-    drafts = [_Draft("title", title, block, band, regions[band], scores, sizes, options.title_lines)]
-    if author and author_face:
-        left = {name: box for name, box in regions.items() if name != band}
-        author_sizes = _author_sizes(options, height, block.size)
-        author_block = fit(author, author_face, room, options.author_lines, author_sizes, "author",
-                           word_space=options.word_space)  # fmt: skip
-        author_band, author_scores = _choose_band(detail, author_block, left)
-        drafts.append(_Draft("author", author, author_block, author_band, left[author_band], author_scores,
-                             author_sizes, options.author_lines))  # fmt: skip
+    title_block, author_block = _fit_texts(title, title_face, author, author_face, _box_size(regions["top"]),
+                                           options, height)  # fmt: skip
+    setter = _Typesetter(canvas, options, margin_px, Attention.of(canvas))
     laid_out = time.perf_counter()
-    blocks = [_finish(canvas, draft, options) for draft in drafts]
-    layout = Layout(width, height, margin_px, fonts.role, blocks[0], blocks[1] if len(blocks) > 1 else None)
+    title_draft = _Draft("title", title, title_block, _sizes(options, height), options.title_lines)
+    title_options = _choose(setter, title_draft, BANDS)
+    best: tuple[float, _Attempt, _Typesetter, _Attempt | None] | None = None
+    author_draft = None
+    if author_block is not None and author:
+        author_draft = _Draft(
+            "author", author, author_block, (author_block.size, author_block.size), options.author_lines
+        )
+    seen_bands: set[str] = set()
+    for attempt in title_options:
+        if attempt.band in seen_bands:  # the cheapest way in each band is enough to pair the author with
+            continue
+        seen_bands.add(attempt.band)
+        after = setter.applied(attempt)
+        candidate: tuple[float, _Attempt, _Typesetter, _Attempt | None] = (attempt.cost, attempt, after, None)
+        if author_draft is not None:
+            left = [band for band in BANDS if band != attempt.band]
+            author_options = _choose(after, author_draft, left)
+            candidate = (attempt.cost + 0.5 * author_options[0].cost, attempt, after, author_options[0])
+        if best is None or candidate[0] < best[0]:
+            best = candidate
+    assert best is not None
+    _, chosen, after, author_attempt = best
+    canvas = after.canvas
+    if author_attempt is not None:
+        canvas.paste(author_attempt.patch, author_attempt.patch_box[:2])
+
+    def figures(measured: dict[tuple[str, str], tuple[float, float]], role: str, which: int) -> dict[str, float]:
+        return {band: values[which] for (own, band), values in measured.items() if own == role}
+
+    title_record = _record(title_draft, chosen, figures(setter.measured, "title", 0),
+                           figures(setter.measured, "title", 1))  # fmt: skip
+    author_record = None
+    if author_attempt is not None and author_draft is not None:
+        author_record = _record(author_draft, author_attempt, figures(after.measured, "author", 0),
+                                figures(after.measured, "author", 1))  # fmt: skip
+    attention = setter.attention
+    layout = Layout(width, height, margin_px, fonts.role, title_record, author_record, art.size,
+                    round(attention.area, 4), attention.faces)  # fmt: skip
     timings = {"layout": (laid_out - started) * 1e3, "render": (time.perf_counter() - laid_out) * 1e3}
     return TypesetResult(canvas, layout, timings)
 
 
 def typeset_file(source: str | Path, out: str | Path, *, title: str, author: str | None = None,
-                 genres: Sequence[str] = (), font: str | None = None,
-                 options: TypesetOptions | None = None) -> TypesetResult:  # fmt: skip
+                 genres: Sequence[str] = (), font: str | None = None, options: TypesetOptions | None = None,
+                 size: tuple[int, int] | None = None) -> TypesetResult:  # fmt: skip
     """Read ``source``, typeset, and write ``out`` whole (nothing is written when a TypesetError is raised)."""
     from cover_hpc.store.atomic import save_image
 
     try:
         with Image.open(source) as image:
             image.load()
-            result = typeset(image, title, author=author, genres=genres, font=font, options=options)
+            result = typeset(image, title, author=author, genres=genres, font=font, options=options, size=size)
     except Image.DecompressionBombError as error:  # Pillow's guard against a small file of huge pixels
         raise TypesetError(f"{error} (a cover is typically under 2 MP); resize the image first") from None
     Path(out).parent.mkdir(parents=True, exist_ok=True)
