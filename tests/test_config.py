@@ -32,7 +32,9 @@ def problems_of(path: Path | None = None, overrides: tuple[str, ...] = ()) -> st
 
 #: Keys where the original recipe's config (configs/book_covers_sdxl.yaml) differs from the defaults on
 #: purpose: its name and data folders, and its snapshot validation (a pipeline choice, not the recipe).
-RECIPE_CONFIG_ONLY = {"name", "data.train_dir", "data.test_dir", "validate.every_steps", "validate.tasks"}
+# infer.cover_size: the SDXL config finishes covers at an ebook's 1600x2560; the default keeps the art's size
+RECIPE_CONFIG_ONLY = {"name", "data.train_dir", "data.test_dir", "validate.every_steps", "validate.tasks",
+                      "infer.cover_size"}  # fmt: skip
 
 
 def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

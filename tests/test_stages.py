@@ -334,6 +334,15 @@ def test_typeset_inference_writes_art_and_finished_covers_read_back_by_ocr(
     assert not (out.images / Path(missing["art"]).name).exists()
     again = infer_shard(new, paths, 0)
     assert (again.generated, again.skipped) == (0, 3)
+    # finished at the size asked for: the art as generated, the cover resampled once and set at 640 x 1024
+    sized = dataclasses.replace(new, infer=dataclasses.replace(config, cover_size=(1024, 640)))
+    assert inference_key(sized) != inference_key(new)
+    infer_shard(sized, paths, 0)
+    out = paths.inference(inference_key(sized))
+    record = {r["book_id"]: r for r in map(json.loads, out.manifest().read_text().splitlines())}["t1"]
+    assert Image.open(out.root / record["art"]).size == (576, 768)
+    assert Image.open(out.root / record["image"]).size == (640, 1024)
+    assert record["layout"]["art_size"] == [576, 768] and record["layout"]["title"]["font_size"] >= 0.028 * 1024
 
 
 def test_selection_by_a_known_metric_fills_best_and_runs_as_array_tasks(

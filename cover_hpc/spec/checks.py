@@ -161,6 +161,19 @@ def _step_problems(spec: ExperimentSpec) -> list[Problem]:
     return problems
 
 
+def _cover_size_problems(spec: ExperimentSpec) -> list[Problem]:
+    """infer.cover_size: two sides in the typesetter's range, and only where covers are finished."""
+    size = spec.infer.cover_size
+    assert size is not None
+    if len(size) != 2 or not all(isinstance(side, int) and 16 <= side <= 12000 for side in size):
+        return [Problem("infer.cover_size", f"got {list(size)}; give [height, width] in pixels, each 16 to 12000, "
+                        "e.g. [2560, 1600] for an ebook, or leave it empty for the art's own size.")]  # fmt: skip
+    if not spec.infer.typeset:
+        return [Problem("infer.cover_size", f"got {list(size)} with infer.typeset off: only finished covers are "
+                        "resized; turn infer.typeset on or remove infer.cover_size.")]  # fmt: skip
+    return []
+
+
 def value_problems(spec: ExperimentSpec) -> list[Problem]:
     """Range and cross-field problems of one resolved spec (no line numbers yet)."""
     problems: list[Problem] = []
@@ -199,6 +212,8 @@ def value_problems(spec: ExperimentSpec) -> list[Problem]:
         problems.append(Problem("validate.select_by", f"got {validate.select_by!r}, a metric that is switched off; "
                                 f"set {needs[validate.select_by][1]} or choose another metric."))  # fmt: skip
     problems += _step_problems(spec)
+    if spec.infer.cover_size is not None:
+        problems += _cover_size_problems(spec)
     if spec.infer.typeset and spec.infer.typeset_font:
         # a role or a readable font file: found here, not when the first cover is typeset
         refused = font_problem(spec.infer.typeset_font)

@@ -232,8 +232,15 @@ class InferConfig:
     vae_tiling: bool = doc("Decode with VAE tiling (less memory at large sizes).", False)
     typeset: bool = doc(
         "Finished covers: generate the art without lettering, then typeset the exact title and author over "
-        "it (images/), keeping the raw art (art/).",
-        False,
+        "it (images/), keeping the raw art (art/). A book whose cover cannot be finished keeps its art and "
+        "gets the reason in the manifest.",
+        True,
+    )
+    cover_size: tuple[int, int] | None = doc(
+        "Finished covers' size as [height, width] in pixels, e.g. [2560, 1600] for an ebook; empty = the "
+        "art's own (infer.size). The art is resampled once, cropped to the aspect (never stretched), and "
+        "the lettering set at this size.",
+        None,
     )
     typeset_negative: str = doc(
         "Added to negative_prompt when typeset is on (empty = nothing added).",

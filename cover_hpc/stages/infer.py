@@ -258,8 +258,10 @@ class Finisher:
         row = dataclasses.replace(row, art=f"art/{name}")
         title = book.title or book.book_id
         try:
+            height_width = self.config.cover_size  # [height, width], as infer.size
+            size = (height_width[1], height_width[0]) if height_width else None
             result = typeset.typeset(art, title, author=book.author or None, genres=book.genres,
-                                     font=self.config.typeset_font)  # fmt: skip
+                                     font=self.config.typeset_font, size=size)  # fmt: skip
         except typeset.TypesetError as error:  # reported, and no cover written for this book
             log.warning("book %r: no finished cover: %s", book.book_id, error)
             return dataclasses.replace(row, image=None, error=str(error))

@@ -146,6 +146,11 @@ def validation_key(spec: ExperimentSpec) -> str:
     return _key("test_set" if source == "test_set" else Path(source).stem, settings)
 
 
+#: Inference keys added after 0.2.0, with the default that keeps the earlier behaviour: left out of the hash
+#: at that default, so an upgrade moves no inference folder (the run-id rule of cover_hpc.spec.ids).
+ADDED_INFER_KEYS: dict[str, Any] = {"cover_size": None}
+
+
 def inference_key(spec: ExperimentSpec) -> str:
     """The folder of one inference of a run: its books file's name and a hash of the settings (a new
     books file or new sampling settings get new covers from the same trained run)."""
@@ -153,7 +158,11 @@ def inference_key(spec: ExperimentSpec) -> str:
         raise ValueError(
             "infer.books_file is not set; give a JSONL of books (id, title, publisher, genres, description)"
         )
-    settings: dict[str, Any] = {"infer": to_dict(spec.infer), "max_caption_tokens": spec.data.max_caption_tokens}
+    infer = to_dict(spec.infer)
+    for key, default in ADDED_INFER_KEYS.items():  # keys added since 0.2.0 move no folder while at their default
+        if infer.get(key) == default:
+            infer.pop(key, None)
+    settings: dict[str, Any] = {"infer": infer, "max_caption_tokens": spec.data.max_caption_tokens}
     if spec.infer.checkpoint.strip().lower() == "best":  # which LoRA is best depends on how validation scores
         settings["validation"] = [validation_key(spec), spec.validate.select_by]
     return _key(Path(spec.infer.books_file).stem, settings)
