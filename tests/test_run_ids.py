@@ -44,6 +44,7 @@ OVERRIDES = [
     "slurm.time_min=30",
     "slurm.partition=other",
     "output_dir=elsewhere",
+    "track.project=shared-covers",
 ]
 
 

@@ -212,6 +212,7 @@ def value_problems(spec: ExperimentSpec) -> list[Problem]:
         problems.append(Problem("validate.select_by", f"got {validate.select_by!r}, a metric that is switched off; "
                                 f"set {needs[validate.select_by][1]} or choose another metric."))  # fmt: skip
     problems += _step_problems(spec)
+    problems += track_problems(spec)
     if spec.infer.cover_size is not None:
         problems += _cover_size_problems(spec)
     if spec.infer.typeset and spec.infer.typeset_font:
@@ -231,6 +232,36 @@ def value_problems(spec: ExperimentSpec) -> list[Problem]:
                     f"got {spec.infer.shards}, more shards than the {count} books in {books}; use at most {count}.",
                 )
             )
+    return problems
+
+
+#: The library each tracker key needs, installed by the ``track`` extra.
+TRACK_LIBRARIES = {"track.wandb": "wandb", "track.mlflow_uri": "mlflow"}
+_URI_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def track_problems(spec: ExperimentSpec) -> list[Problem]:
+    """A tracker turned on whose library is not installed, and values no tracker takes."""
+    import importlib.util
+
+    track = spec.track
+    problems = []
+    wanted = {"track.wandb": track.wandb != "off", "track.mlflow_uri": bool(track.mlflow_uri.strip())}
+    for key, on in wanted.items():
+        library = TRACK_LIBRARIES[key]
+        if on and importlib.util.find_spec(library) is None:
+            value = track.wandb if key == "track.wandb" else track.mlflow_uri
+            problems.append(Problem(key, f"got {value!r}, but the {library} library is not installed; install it with "
+                                    "pip install 'cover-hpc[track]' (or turn the tracker off)."))  # fmt: skip
+    uri = track.mlflow_uri.strip()
+    if uri and _URI_SCHEME_RE.match(uri) is None and uri.startswith(("http:", "https:", "sqlite:")):
+        problems.append(Problem("track.mlflow_uri", f"got {uri!r}; write http://host:port, https://... or "
+                                "sqlite:///path/mlflow.db."))  # fmt: skip
+    if track.images < 0:
+        problems.append(Problem("track.images", f"got {track.images}; must be 0 or more."))
+    for tag in track.tags:
+        if not tag.strip() or len(tag) > 64:
+            problems.append(Problem("track.tags", f"got {tag!r}; a tag is 1 to 64 characters."))
     return problems
 
 

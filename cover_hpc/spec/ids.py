@@ -48,6 +48,7 @@ NON_RESULT_KEYS = (
     "slurm.array_parallelism",
     "slurm.setup",
     "distributed.timeout_min",
+    "track",
 )
 HASH_LENGTH = 8
 _LABEL_MAX = 48

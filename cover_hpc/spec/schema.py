@@ -316,6 +316,31 @@ class SweepConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TrackConfig:
+    """Experiment trackers that training, validation, selection and a search also log to (the run's
+    metrics.jsonl and TensorBoard files are always written). One tracker run per run id: a requeued
+    or resumed job continues it and logs no step twice. A tracker that cannot be reached is turned
+    off for that job with a warning; training goes on."""
+
+    wandb: Literal["off", "offline", "online"] = doc(
+        "Weights & Biases: off, offline (files in <run>/tracking/wandb/, synced later with `wandb sync` from a "
+        "node with network) or online (needs network on the compute nodes and a login or WANDB_API_KEY).",
+        "off",
+    )
+    mlflow_uri: str = doc(
+        "MLflow tracking URI: a tracking server (http://host:5000, the usual choice when many jobs log at once), "
+        "a SQLite database (sqlite:///path/mlflow.db) or a file store folder; empty = off.",
+        "",
+    )
+    project: str = doc("wandb project and MLflow experiment name; empty = the spec's name.", "")
+    entity: str = doc("wandb entity (team or user) owning the project; empty = the login's default.", "")
+    tags: tuple[str, ...] = doc(
+        "Extra tags of every tracker run; each also gets the experiment, run id, user and SLURM job as tags.", ()
+    )
+    images: int = doc("Validation images logged per scored point (0 = none).", 4)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExperimentSpec:
     """A whole experiment: what to train, on what, how, and where."""
 
@@ -331,6 +356,7 @@ class ExperimentSpec:
     infer: InferConfig = doc("Batch inference.", default_factory=InferConfig)
     slurm: SlurmConfig = doc("Cluster resources.", default_factory=SlurmConfig)
     sweep: SweepConfig = doc("Sweep axes.", default_factory=SweepConfig)
+    track: TrackConfig = doc("Experiment trackers (wandb, MLflow).", default_factory=TrackConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,6 +449,8 @@ def coerce(value: Any, tp: Any) -> Any:
                 continue
         raise _Invalid(_describe_type(tp))
     if origin is Literal:
+        if value is False and "off" in args and False not in args:  # YAML 1.1 reads a bare `off` as false
+            return "off"
         if value in args:
             return value
         raise _Invalid(_describe_type(tp))
