@@ -170,7 +170,7 @@ def run(
             read = ts.read_back(result, engine, second=confirm, frame=frame)
             row["ocr_ms"] = (time.perf_counter() - started) * 1e3
             blocks = [b for b in (result.layout.title, result.layout.author) if b is not None]
-            row["blocks"] = [{"role": b.role, "text": b.text, "contrast": b.contrast, "remedy": b.remedy,
+            row["blocks"] = [{"role": b.role, "text": b.text, "contrast": b.contrast, "treatment": b.treatment,
                               "size": b.font_size, "font": Path(b.font_file).name, "band": b.band,
                               "detail": b.detail, **read[b.role],
                               "second_lines": sum(r != engine.name for r in read[b.role]["readers"])}
@@ -265,7 +265,7 @@ def summarise(rows: list[dict[str, Any]], characters: frozenset[str] | None = No
         "contrast p1/p5/p50/p95": [percentile(contrasts, q) for q in (1, 5, 50, 95)],
         "contrast distribution": {k: buckets.get(k, 0) for k in ("4.5-5", "5-7", "7-10", "10-15", "15-21.01")},
         "below 4.5": sum(c < 4.5 for c in contrasts),
-        "remedies": dict(Counter(b["remedy"] for b in blocks)),
+        "treatments": dict(Counter(b["treatment"] for b in blocks)),
         "title exact-match rate by background": _rate_by(rows, lambda row: row["kind"]),
         "title exact-match rate, ASCII-only / accented titles": _rate_by(
             rows, lambda row: "accented" if any(ord(c) > 127 for c in row["title"]) else "ASCII only"
@@ -283,7 +283,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine", default="auto", help="OCR engine (cover_hpc.metrics.ocr.load_ocr)")
-    parser.add_argument("--max-detail", type=float, help="override TypesetOptions.max_detail (calibration)")
+    parser.add_argument("--calm-detail", type=float, help="override TypesetOptions.calm_detail (calibration)")
     parser.add_argument("--word-space", type=float, help="override TypesetOptions.word_space (calibration)")
     parser.add_argument("--kinds", default=",".join(KINDS), help="backgrounds to use, comma-separated")
     parser.add_argument("--font", help="set every cover in this face: a role (serif, sans, display) or a font file")
@@ -296,8 +296,8 @@ def main() -> None:
     args = parser.parse_args()
     info = header("typesetting: OCR read-back and contrast over random busy covers")
     options = ts.TypesetOptions()
-    if args.max_detail is not None:
-        options = replace(options, max_detail=args.max_detail)
+    if args.calm_detail is not None:
+        options = replace(options, calm_detail=args.calm_detail)
     if args.word_space is not None:
         options = replace(options, word_space=args.word_space)
     frame = tuple(float(v) for v in args.read_frame.split(":")) if args.read_frame else None
@@ -307,7 +307,7 @@ def main() -> None:
     measured = run(args.count, args.seed, args.engine, options, tuple(args.kinds.split(",")), args.font, frame,
                    args.second)  # fmt: skip
     figures = summarise(measured["rows"], measured["characters"])
-    print(f"# OCR engine: {measured['engine']}, second reader {measured['second']}; max_detail {options.max_detail}, "
+    print(f"# OCR engine: {measured['engine']}, second reader {measured['second']}; calm_detail {options.calm_detail}, "
           f"word_space {options.word_space}, font {args.font or 'by genre'}, "
           f"read frame {':'.join(map(str, frame))} em")  # fmt: skip
     for key, value in figures.items():
@@ -322,7 +322,7 @@ def main() -> None:
                 expected = row["title"] if block["role"] == "title" else row["author"]
                 cause = miss_cause(block, measured["characters"])
                 print(f"  misread {block['role']} ({row['kind']}, {block['font']} {block['size']} px, "
-                      f"{block['remedy']}; {cause}): {expected!r} -> {block['read']!r}")  # fmt: skip
+                      f"{block['treatment']}; {cause}): {expected!r} -> {block['read']!r}")  # fmt: skip
     write_json(args.json, {**info, "engine": measured["engine"], "figures": figures, "rows": measured["rows"]})
 
 

@@ -2,12 +2,13 @@
 
     python benchmarks/typeset_speed.py [--covers 40] [--engine auto] [--no-ocr] [--json out.json]
 
-Layout is fitting and placing (the luma gradient, wrapping and sizing, the bands' detail); render is
-measuring the pixels behind the glyphs, any scrim or outline, and drawing; total is the two; the OCR
+Layout is fitting (wrapping and sizing); render is the saliency map and face finder, measuring each
+text in each band (the pixels around its glyphs, the texture energy), trying the treatments (shadow,
+wash, panel) and drawing; total is the two; the OCR
 check reads the title and author back from the finished cover (``cover_hpc.typeset.read_back``: each
 line recognised on its own, and a line the engine misses read again by the second reader), and
 "total with ocr" is a cover typeset and checked. Covers are portrait,
-896 wide and 1152 high, over a mix of flat colours, gradients and noise, so some need a scrim; each
+896 wide and 1152 high, over a mix of flat colours, gradients and noise, so some need a treatment; each
 gets a random title (1-12 words) and author. The first cover of each font is timed apart (``cold``):
 fonts and their character maps are loaded once per process. Target: under 100 ms per cover without OCR.
 """

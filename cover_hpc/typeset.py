@@ -555,7 +555,7 @@ def mean_detail(detail: np.ndarray, box: Box) -> float:
 # ---------------------------------------------------------------------------------- where the eye goes
 
 SALIENCY_SIDE = 256  # the saliency map is computed on the art scaled to this longest side
-FACE_SIDE = 320  # and faces are looked for at this one
+FACE_SIDE = 256  # and faces are looked for at this one
 
 
 @functools.cache
@@ -752,6 +752,13 @@ class _Attempt:
     patch: Image.Image  # the cover's pixels over ``patch_box`` as finished, text included
     patch_box: Box
     record: dict[str, Any] | None
+    wash: dict[str, Any] | None = None  # a new wash over the whole art, laid before the patch
+
+    def draw_on(self, canvas: Image.Image) -> None:
+        if self.wash is not None:
+            towards = BLACK if self.wash["colour"] == hex_colour(BLACK) else WHITE
+            canvas.paste(Image.fromarray(_blend(np.asarray(canvas), towards, self.wash["alpha"])))
+        canvas.paste(self.patch, self.patch_box[:2])
 
 
 def _place(block: SetText, band: str, box: Box) -> tuple[int, int]:
@@ -779,8 +786,8 @@ class _Typesetter:
     def applied(self, attempt: _Attempt) -> _Typesetter:
         """A typesetter for the next text, on a copy of the cover with ``attempt`` drawn."""
         canvas = self.canvas.copy()
-        canvas.paste(attempt.patch, attempt.patch_box[:2])
-        wash = attempt.record if attempt.treatment == "wash" else self.wash
+        attempt.draw_on(canvas)
+        wash = attempt.wash or self.wash
         return _Typesetter(canvas, self.options, self.margin_px, self.attention, wash)
 
     def attempts(self, draft: _Draft, band: str) -> list[_Attempt]:
@@ -801,7 +808,8 @@ class _Typesetter:
         forced = options.treatment
         found: list[_Attempt] = []
 
-        def keep(treatment: str, patch: Image.Image, box: Box, record: dict[str, Any] | None, extra: float) -> None:
+        def keep(treatment: str, patch: Image.Image, box: Box, record: dict[str, Any] | None, extra: float,
+                 new_wash: dict[str, Any] | None = None) -> None:  # fmt: skip
             pixels = np.asarray(patch.crop(_shift(region, (-box[0], -box[1]))))
             after = measure(pixels[ring], options.colours)
             if after.worst1 < options.target_contrast:
@@ -813,13 +821,15 @@ class _Typesetter:
             drawn = patch.copy()
             drawn.paste(after.colour, _shift(region, (-box[0], -box[1])), glyph_mask(block, origin, region))
             found.append(_Attempt(band, origin, treatment, base_cost + rank + extra, after, round(left_detail, 5),
-                                  salient, on_face, drawn, box, record))  # fmt: skip
+                                  salient, on_face, drawn, box, record, new_wash))  # fmt: skip
 
         calm = detail <= options.calm_detail
         if forced == "auto" and calm and self.wash is None:
             keep("none", self.canvas.crop(region), region, None, 0.0)
-        if forced in ("auto", "shadow") and (detail <= 1.5 * options.calm_detail or forced == "shadow"):
+        if forced in ("auto", "shadow") and not found and (detail <= 1.5 * options.calm_detail or forced == "shadow"):
             self._shadow(block, origin, region, glyphs, art, keep)
+        if found:  # none, or else a shadow, is the cheapest way in this band: the rest hide more at a higher cost
+            return found
         if forced in ("auto", "wash") and self.wash is not None and calm:  # the wash the title asked for
             keep("wash", self.canvas.crop(region), region, self.wash, 0.0)
         elif forced in ("auto", "wash") and self.wash is None and (calm or forced == "wash"):
@@ -860,9 +870,9 @@ class _Typesetter:
             while low < high:
                 middle = (low + high) // 2
                 low, high = (low, middle) if reads(middle) else (middle + 1, high)
-            washed = Image.fromarray(_blend(np.asarray(self.canvas), towards, alphas[low]))
+            washed = Image.fromarray(_blend(np.asarray(self.canvas.crop(region)), towards, alphas[low]))
             record = {"colour": hex_colour(towards), "alpha": alphas[low]}
-            keep("wash", washed, (0, 0, *self.canvas.size), record, alphas[low])
+            keep("wash", washed, region, record, alphas[low], new_wash=record)  # the whole art is washed if chosen
 
     def _panel(self, block: SetText, ink: Box, band: str, detail: float, keep: Any) -> None:
         """A full-width panel in from the nearest edge, in the art's palette: solid (or, on calm art, as opaque
@@ -1050,7 +1060,7 @@ def typeset(image: Image.Image, title: str, *, author: str | None = None, genres
     _, chosen, after, author_attempt = best
     canvas = after.canvas
     if author_attempt is not None:
-        canvas.paste(author_attempt.patch, author_attempt.patch_box[:2])
+        author_attempt.draw_on(canvas)
 
     def figures(measured: dict[tuple[str, str], tuple[float, float]], role: str, which: int) -> dict[str, float]:
         return {band: values[which] for (own, band), values in measured.items() if own == role}
