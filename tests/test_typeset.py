@@ -556,3 +556,36 @@ def test_read_back_gives_an_engine_without_read_lines_the_square_crop() -> None:
                       "author": {"read": "Ada Stone", "similarity": 1.0, "exact": True,
                                  "first": {"read": "Ada Stone", "exact": True}, "readers": ["line-blind"]}}  # fmt: skip
     assert [width == height for width, height in engine.sizes] == [True, True]
+
+
+def test_a_book_the_typesetter_fails_on_keeps_its_art_and_the_others_are_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inference's finisher: a fault inside the typesetter on one book (here an OpenCV-like error) is that
+    book's reason in the manifest, its art stays, and the next book is finished as usual."""
+    from cover_hpc.spec.schema import InferConfig
+    from cover_hpc.stages.infer import Finisher
+    from cover_hpc.store.captions import Book
+    from cover_hpc.store.paths import InferencePaths
+    from cover_hpc.store.records import ManifestRow
+
+    out = InferencePaths(tmp_path / "infer")
+    out.images.mkdir(parents=True)
+    finisher = Finisher(InferConfig(typeset_verify=False, cover_size=(768, 512)), out)
+    real = ts.typeset
+
+    def flaky(image: Image.Image, title: str, **kwargs: object) -> ts.TypesetResult:
+        if title == "Broken":
+            raise RuntimeError("cv2.error: (-215:Assertion failed) !ssize.empty()")
+        return real(image, title, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ts, "typeset", flaky)
+    art = Image.fromarray(flat((40, 60, 90), (128, 192)))
+    rows = {}
+    for book_id, title in (("b1", "Broken"), ("b2", "Whole")):
+        row = ManifestRow(book_id=book_id, prompt="p", seed=0, seconds=0.0, checkpoint_step=1)
+        rows[book_id] = finisher.finish(Book(book_id=book_id, title=title, author="Ann Ode"), art, row)
+    assert rows["b1"].image is None and rows["b1"].error is not None
+    assert rows["b1"].error.startswith("typesetting failed: RuntimeError") and rows["b1"].art
+    assert rows["b2"].error is None and rows["b2"].image is not None
+    assert Image.open(out.root / rows["b2"].image).size == (512, 768)

@@ -265,6 +265,11 @@ class Finisher:
         except typeset.TypesetError as error:  # reported, and no cover written for this book
             log.warning("book %r: no finished cover: %s", book.book_id, error)
             return dataclasses.replace(row, image=None, error=str(error))
+        except Exception as error:  # a fault on this book's art (OpenCV, a corrupt image): the other books are
+            # unaffected, this one keeps its art and says why; the traceback goes to the log (a stop request
+            # is a BaseException and passes through)
+            log.exception("book %r: typesetting failed", book.book_id)
+            return dataclasses.replace(row, image=None, error=f"typesetting failed: {type(error).__name__}: {error}")
         atomic.save_image(result.image, self.out.images / name)
         read = typeset.read_back(result, self.reader, second=self.second) if self.reader is not None else None
         return dataclasses.replace(row, image=f"images/{name}", layout=result.layout.to_dict(),
