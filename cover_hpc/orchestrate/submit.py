@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cover_hpc.job import SearchTask, StageTask, TrainTask
 from cover_hpc.model import weights
@@ -51,6 +51,9 @@ from cover_hpc.store.runs import (
     prepare_run,
     validation_key,
 )
+
+if TYPE_CHECKING:
+    from cover_hpc.stages.report import Accounting
 
 log = logging.getLogger(__name__)
 
@@ -764,6 +767,9 @@ def status(experiment_dir: Path) -> list[dict[str, Any]]:
     specs = _submitted_specs(state)
     rows = []
     current = _adopt_submitted(exp, state)
+    from cover_hpc.orchestrate.accounting import experiment_accounting
+
+    accounting = experiment_accounting(exp.root)  # None without SLURM jobs (each run's wall time x world size)
     entries, job_key = state["runs"], {}
     searched = _searched_spec(state)
     if searched is not None:  # a search: its trials as their tasks claimed them, which may be after submitting
@@ -813,9 +819,42 @@ def status(experiment_dir: Path) -> list[dict[str, Any]]:
             "validation": str(result_file) if validation else None,
             "manifest": str(manifest) if infer_done else None,
             "report": str(exp.report_html) if exp.report_html.is_file() else None,
+            "gpu_hours": gpu_hours(accounting, run_id, train_result),
         }  # fmt: skip
         rows.append(to_json(from_json(StatusRow, row, f"the status of run {run_id}")))  # typed, versioned
     return rows
+
+
+def gpu_hours(accounting: Accounting | None, run_id: str, train_result: dict[str, Any] | None) -> dict[str, Any]:
+    """A run's GPU-hours as the report counts them: sacct's elapsed time x allocated GPUs of its jobs,
+    else its training's wall time x world size (train_result.json; none before training finished)."""
+    usage = accounting.runs.get(run_id) if accounting is not None else None
+    if usage is not None:
+        total = usage.gpu_hours + usage.other_gpu_hours
+        return {"train": usage.gpu_hours, "other": usage.other_gpu_hours, "total": total, "source": "sacct"}
+    train = train_result or {}
+    wall, world = train.get("wall_time_s"), train.get("world_size")
+    if isinstance(wall, int | float) and isinstance(world, int) and not isinstance(world, bool) and world >= 1:
+        hours = float(wall) * world / 3600
+        return {"train": hours, "other": None, "total": hours, "source": f"wall time x {world}"}
+    return {"train": None, "other": None, "total": None, "source": "not known yet"}
+
+
+def experiment_hours(rows: Sequence[dict[str, Any]]) -> str:
+    """The experiment's GPU-hours over its runs, as one line of ``cover-hpc status``."""
+    hours = [r.get("gpu_hours") or {} for r in rows]
+    known = [h for h in hours if h.get("total") is not None]
+    total = sum(h["total"] for h in known)
+    train = sum(h.get("train") or 0.0 for h in known)
+    other = sum(h.get("other") or 0.0 for h in known)
+    sources = sorted({"sacct" if h["source"] == "sacct" else "wall time x world size" for h in known})
+    unknown = len(hours) - len(known)
+    more = f"; {unknown} run{'s' if unknown != 1 else ''} not counted yet" if unknown else ""
+    star = (" (*: the training loop's wall time x its processes, no queueing, validation or inference)"
+            if any(h["source"] != "sacct" for h in known) else "")  # fmt: skip
+    return (f"GPU-hours: {total:.3f} (training {train:.3f}, validation and inference {other:.3f}) over "
+            f"{len(known)} run{'s' if len(known) != 1 else ''}, from {' and '.join(sources) or 'nothing yet'}"
+            f"{more}{star}")  # fmt: skip
 
 
 def render_decisions(experiment_dir: Path) -> str:
@@ -833,7 +872,7 @@ def render_decisions(experiment_dir: Path) -> str:
 
 def render_status(rows: Sequence[dict[str, Any]]) -> str:
     keys = sorted({k for r in rows for k in r["swept"]})
-    header = ["run_id", *keys, "train", "validate", "infer", "step", "loss", "CLIP", "best", "requeues"]
+    header = ["run_id", *keys, "train", "validate", "infer", "step", "loss", "CLIP", "best", "requeues", "GPU-h"]
     table = [header]
     for r in rows:
         loss = "" if r["last_loss"] is None else f"{r['last_loss']:.4f}"
@@ -843,9 +882,17 @@ def render_status(rows: Sequence[dict[str, Any]]) -> str:
         chosen = f"step {best['step']}: {best['metric']} {_number(best['value'])}" if best else ""
         table.append([r["run_id"], *(str(r["swept"].get(k, "")) for k in keys), r["stages"]["train"]["state"],
                       r["stages"]["validate"]["state"], r["stages"]["infer"]["state"], step, loss, clip, chosen,
-                      str(r["requeues"])])  # fmt: skip
+                      str(r["requeues"]), _hours(r.get("gpu_hours"))])  # fmt: skip
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    return "\n".join([*lines, "", experiment_hours(rows)])
+
+
+def _hours(hours: dict[str, Any] | None) -> str:
+    total = (hours or {}).get("total")
+    if total is None:
+        return ""
+    return f"{total:.3f}" + ("" if hours and hours.get("source") == "sacct" else "*")
 
 
 def _number(value: Any) -> str:

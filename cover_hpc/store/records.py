@@ -198,6 +198,17 @@ class StatusBest:
     value: float | None
 
 
+@dataclass(frozen=True)
+class StatusHours:
+    """A run's GPU-hours: its training jobs, its validation and inference jobs (known from the
+    scheduler only), their total, and where they come from (sacct's jobs, or wall time x world size)."""
+
+    train: float | None
+    other: float | None
+    total: float | None
+    source: str
+
+
 @dataclass(frozen=True, kw_only=True)
 class StatusRow(Record):
     """One run in ``cover-hpc status``: swept values, each stage's state and jobs, progress, loss,
@@ -219,6 +230,7 @@ class StatusRow(Record):
     validation: str | None
     manifest: str | None
     report: str | None
+    gpu_hours: StatusHours | None = None  # absent from rows of releases before 0.2.x's status had them
 
 
 # --------------------------------------------------------------------------------------------
