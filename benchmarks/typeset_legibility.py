@@ -1,0 +1,678 @@
+"""Finished covers measured from outside the typesetter (issue 22 item 4): real photographs and busy
+patterns the typesetter was not tuned on, typeset by ``cover_hpc.typeset.typeset``, then read back and
+measured with tools of this script's own.
+
+    python benchmarks/typeset_legibility.py [--size 1600x2560] [--limit N] [--workers 2]
+                                            [--json out.json] [--out DIR]
+
+The set (104 covers, the same every run: 60 photo crops, 44 patterns):
+  photos:   4 crops at the cover's 2:3 aspect (full height, 85%, 70% and 55% of it, at different
+            places) of each real photograph shipped in the installed scikit-image (skimage/data:
+            astronaut, chelsea, coffee, rocket, motorcycles, hubble, retina, ihc, camera, brick, grass,
+            gravel) and matplotlib (mpl-data/sample_data: grace_hopper, Minduka_Present_Blue_Pack),
+            each resized once with LANCZOS to the cover size;
+  patterns: colour and grey noise at several scales, fine stripes (2-6 px period) of many saturated
+            colours horizontal, vertical and diagonal, checkerboards, linear and radial gradients,
+            mid-grey, and nasty ones (half-black/half-white splits, a page of small random letters,
+            moire rings), seeded.
+Titles and authors (48, with case, punctuation, digits, apostrophes and é) and genres are cycled over
+the art. é is the only accented letter: Debian's English model (tessdata "fast") reads ñ ö ü ë í á ç è
+û å as the plain letter even in black on white paper (checked in DejaVu Serif and URW Bookman), so
+they would measure the reader, not the typesetter. The art is handed to typeset() at the cover size
+(and ``size=`` is passed too where typeset accepts it). A TypesetError (or any other exception, marked
+BUG) is a failed cover, with its reason, and counts as a miss in every figure: unread, and under 4.5.
+``--limit N`` takes the first N photo crops and the first N patterns.
+
+Measured on each finished cover:
+  read:     Debian's tesseract CLI, default English model and page segmentation, on the WHOLE cover
+            (``tesseract cover.png stdout -l eng``; the typesetter checks itself with another reader).
+            A text is read exactly when the output, whitespace runs collapsed to one space, contains
+            it as given (case, accents, punctuation; both NFC). Secondary: tesseract ``--psm 6`` on a
+            crop of each block (its box padded by half the font size), and the whole-cover rate with
+            accents, typographic quotes and dashes folded (to say what the misses are, not the metric);
+  contrast: the worst-glyph contrast, from the pixels alone: glyph pixels are those inside the block's
+            line boxes within 8 levels of its text colour; the ring around them runs from 2 px to
+            r = max(3, round(0.12 x font size)) px out (glyph pixels left out); each ring pixel's WCAG
+            2.x contrast with the text colour; the block's figure is the 5th percentile of its ring,
+            the cover's the lower of title and author (target: >= 4.5 on every cover);
+  salient:  OpenCV contrib's fine-grained static saliency of the raw art, thresholded by Otsu (or the
+            top 15% of pixels where Otsu marks under 0.5% or over 50% of the cover: the method is
+            recorded per cover); the share of that region under the text's line boxes. Patterns have no
+            subject, so the photos' figure is the meaningful one;
+  time:     milliseconds in typeset() (perf_counter), median and p95, and the whole run's wall time.
+
+Prints a table of figures, every miss with what was read, and a last line summarising it all.
+``--json`` writes every per-cover record; ``--out`` saves the finished covers and a contact sheet of
+the misses. Tesseract runs in a pool of ``--workers`` threads (each tesseract with OMP_THREAD_LIMIT=1)
+while the main thread typesets the next cover. 1600x2560 (an ebook cover, the default) takes about 4-5
+minutes on a shared 2-core box; ``--size 1024x1536`` about half that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import unicodedata
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from common import header, table, write_json
+from PIL import Image, ImageDraw, ImageFont
+
+from cover_hpc.typeset import TypesetError, typeset
+
+DEFAULT_SIZE = (1600, 2560)
+CROPS = ((1.0, 0.5, 0.5), (0.85, 0.0, 0.0), (0.7, 1.0, 1.0), (0.55, 0.3, 0.7))  # height share, x, y place
+COLOUR_TOLERANCE = 8  # a glyph pixel is within this many levels (each channel) of the text colour
+SEED = 22
+
+# skimage/data and matplotlib's sample_data: (package, file name, short name)
+PHOTOS = (
+    ("skimage", "astronaut.png", "astronaut"),
+    ("skimage", "chelsea.png", "chelsea"),
+    ("skimage", "coffee.png", "coffee"),
+    ("skimage", "rocket.jpg", "rocket"),
+    ("skimage", "motorcycle_left.png", "motorcycle_left"),
+    ("skimage", "motorcycle_right.png", "motorcycle_right"),
+    ("skimage", "hubble_deep_field.jpg", "hubble"),
+    ("skimage", "retina.jpg", "retina"),
+    ("skimage", "ihc.png", "ihc"),
+    ("skimage", "camera.png", "camera"),
+    ("skimage", "brick.png", "brick"),
+    ("skimage", "grass.png", "grass"),
+    ("skimage", "gravel.png", "gravel"),
+    ("matplotlib", "grace_hopper.jpg", "grace_hopper"),
+    ("matplotlib", "Minduka_Present_Blue_Pack.png", "minduka"),
+)
+
+FANTASY, THRILLER, ROMANCE, SF, NONE = ["fantasy"], ["thriller"], ["romance"], ["science fiction"], []
+BOOKS: tuple[tuple[str, str, list[str]], ...] = (
+    ("Ashes", "Mara Quinn", THRILLER),
+    ("The Glass Orchard", "Renée Marchetti", ROMANCE),
+    ("Nine Lanterns for the Drowned King", "Tobias Wren", FANTASY),
+    ("Signal 47", "J. R. Okafor", SF),
+    ("What the River Didn't Say", "Ana Pérez", NONE),
+    ("Café Nocturne", "Léa Fournier", ROMANCE),
+    ("The Last Summer at Millerhof", "Greta Schoenberg", NONE),
+    ("Cold Harbour", "Daniel Price", THRILLER),
+    ("A Map of Forgotten Stars", "Ines Okonkwo-Baptiste", SF),
+    ("Iron & Ivy", "Rosalind Crane", FANTASY),
+    ("The Curious Case of Mr. Peabody's Umbrella", "Edith March", NONE),
+    ("Midnight in Sevilla", "Javier Méndez", ROMANCE),
+    ("Dead Reckoning", "Sam Hollis", THRILLER),
+    ("Children of the Seventh Moon", "Ayla Demir", FANTASY),
+    ("1984 Revisited: Essays on Surveillance", "Martin Koehler", NONE),
+    ("The Weight of Small Things", "Claire Dubois", NONE),
+    ("Orbit", "K. Nakamura", SF),
+    ("Love, Actually Maybe", "Poppy Sinclair", ROMANCE),
+    ("The Silence Between Us", "Noah Ellery", THRILLER),
+    ("Where the Wild Crows Gather in Winter", "Bjorn Lindqvist", FANTASY),
+    ("Protocol Zero", "Lena Vogt", THRILLER),
+    ("Madame Ortiz and the Lost Recipe", "Carmen Ibarra", NONE),
+    ("Starfall Academy, Book 2", "R. T. Holloway", SF),
+    ("The Baker's Daughter", "Amélie Laurent", ROMANCE),
+    ("Beneath", "Owen Marsh", THRILLER),
+    ("A Crown of Salt and Bone", "Isolde Varga", FANTASY),
+    ("Letters to Zoé", "Frédéric Bélanger", ROMANCE),
+    ("The 12th Hour", "David Kim", THRILLER),
+    ("Quiet Machines", "Priya Raman", SF),
+    ("How to Grow a Garden in 30 Days", "Susan Whitfield", NONE),
+    ("The Dragon Who Couldn't Fly", "Molly O'Brien", FANTASY),
+    ("Red Light, Green Light", "Marcus Hale", THRILLER),
+    ("Under the Jacaranda", "Zoe Adeyemi", ROMANCE),
+    ("Europa Rising", "Dr. Helen Park", SF),
+    ("The Lighthouse Keeper's Almanac", "Thomas Gérard", NONE),
+    ("Shadows over Heidelberg", "Jurgen Brandt", THRILLER),
+    ("Wren", "Elena Ruiz", FANTASY),
+    ("Everything We Never Told Our Mothers About the Sea", "Nadia Haddad", NONE),
+    ("Summer of '69", "Georgia Bell", ROMANCE),
+    ("The Andromeda Variable", "Chen Wei", SF),
+    ("Soufflé for Beginners", "Chloé Mercier", NONE),
+    ("Blood Moon Over Ravenhall", "Victor Ashdown", FANTASY),
+    ("No Way Back", "Lucy Grant", THRILLER),
+    ("The Girl with the Copper Key", "Sofia Lindstrom", FANTASY),
+    ("Half a World Away", "Emma Thornton-Hughes", ROMANCE),
+    ("Terminal Velocity", "Ray Okoro", SF),
+    ("A Brief History of Almost Everything Else", "Prof. Arthur Finch", NONE),
+    ("Résumé", "Lucia Herrera", ROMANCE),
+)
+
+QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-"})
+
+
+@dataclass
+class Cover:
+    index: int
+    kind: str  # photo or pattern
+    name: str  # photo and crop, or pattern
+    art: Image.Image
+    title: str
+    author: str
+    genres: list[str]
+
+
+@dataclass
+class Pending:
+    record: dict[str, Any]
+    whole: Future[str] | None = None
+    crops: dict[str, Future[str]] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------ art
+
+
+def photo_path(package: str, name: str) -> Path:
+    """A photograph shipped inside an installed package, found through the package itself."""
+    if package == "skimage":
+        import skimage.data
+
+        return Path(skimage.data.__file__).parent / name
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "sample_data" / name
+
+
+def crop_portrait(photo: Image.Image, size: tuple[int, int], share: float, fx: float, fy: float) -> Image.Image:
+    """The 2:3 (size's aspect) window of ``share`` of the largest such window, placed at (fx, fy) of the
+    room left, resized once with LANCZOS."""
+    width, height = size
+    aspect = width / height
+    full_h = min(photo.height, photo.width / aspect)
+    crop_h = full_h * share
+    crop_w = crop_h * aspect
+    left = (photo.width - crop_w) * fx
+    top = (photo.height - crop_h) * fy
+    return photo.resize(size, Image.Resampling.LANCZOS, box=(left, top, left + crop_w, top + crop_h))
+
+
+def photo_art(size: tuple[int, int]) -> list[tuple[str, Image.Image]]:
+    art = []
+    for package, file_name, short in PHOTOS:
+        with Image.open(photo_path(package, file_name)) as opened:
+            photo = opened.convert("RGB")
+        for number, (share, fx, fy) in enumerate(CROPS):
+            art.append((f"{short}#{number}", crop_portrait(photo, size, share, fx, fy)))
+    return art
+
+
+def _stripes(size: tuple[int, int], period: int, direction: str, colours: list[tuple[int, int, int]]) -> np.ndarray:
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width]
+    position = {"h": y, "v": x, "d": x + y, "a": x - y + height}[direction]
+    palette = np.array(colours, dtype=np.uint8)
+    return palette[(position // period) % len(colours)]
+
+
+def _upscaled_noise(rng: np.random.Generator, size: tuple[int, int], scale: int, channels: int) -> np.ndarray:
+    width, height = size
+    small = rng.integers(0, 256, (math.ceil(height / scale), math.ceil(width / scale), channels), dtype=np.uint8)
+    big = np.repeat(np.repeat(small, scale, axis=0), scale, axis=1)[:height, :width]
+    return np.repeat(big, 3, axis=2) if channels == 1 else big
+
+
+def _checker(size: tuple[int, int], cell: int, first: tuple[int, int, int], second: tuple[int, int, int]) -> np.ndarray:
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width]
+    even = (((x // cell) + (y // cell)) % 2 == 0)[..., None]
+    return np.where(even, np.array(first, np.uint8), np.array(second, np.uint8))
+
+
+def _ramp(values: np.ndarray, start: tuple[int, int, int], end: tuple[int, int, int]) -> np.ndarray:
+    t = np.clip(values, 0, 1)[..., None]
+    return (np.array(start) * (1 - t) + np.array(end) * t).round().astype(np.uint8)
+
+
+def _letters(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """A page of small random letters in several colours: art that looks like text to a reader."""
+    width, height = size
+    image = Image.new("RGB", size, (235, 230, 215))
+    draw = ImageDraw.Draw(image)
+    font_size = max(10, height // 90)
+    font = ImageFont.load_default(size=font_size)
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789   "
+    for top in range(0, height, int(font_size * 1.3)):
+        line = "".join(alphabet[i] for i in rng.integers(0, len(alphabet), width // max(1, font_size // 2)))
+        colour = tuple(int(v) for v in rng.integers(0, 160, 3))
+        draw.text((2, top), line, fill=colour, font=font)
+    return np.asarray(image)
+
+
+SATURATED = [(255, 0, 0), (255, 128, 0), (255, 255, 0), (0, 200, 0), (0, 255, 255), (0, 0, 255), (255, 0, 255)]
+
+
+def pattern_art(size: tuple[int, int], seed: int = SEED) -> list[tuple[str, Image.Image]]:
+    rng = np.random.default_rng(seed)
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width]
+    u, v = x / max(1, width - 1), y / max(1, height - 1)
+    radius = np.hypot(u - 0.5, (v - 0.5) * height / width) / 0.9
+    made: list[tuple[str, np.ndarray]] = []
+    for scale in (1, 2, 4, 8, 16, 32):
+        made.append((f"colour noise {scale}px", _upscaled_noise(rng, size, scale, 3)))
+    for scale in (1, 4):
+        made.append((f"grey noise {scale}px", _upscaled_noise(rng, size, scale, 1)))
+    for scale in (2, 6):
+        picks = rng.integers(0, len(SATURATED), (math.ceil(height / scale), math.ceil(width / scale)))
+        small = np.array(SATURATED, np.uint8)[picks]
+        made.append((f"saturated noise {scale}px", np.repeat(np.repeat(small, scale, 0), scale, 1)[:height, :width]))
+    stripe_cases = [("d", 2, 7), ("d", 3, 7), ("d", 4, 3), ("d", 6, 5), ("a", 2, 5), ("a", 5, 7),
+                    ("h", 2, 7), ("h", 4, 2), ("h", 6, 4), ("v", 2, 7), ("v", 3, 2), ("v", 5, 6)]  # fmt: skip
+    for direction, period, count in stripe_cases:
+        start = int(rng.integers(0, len(SATURATED)))
+        colours = [SATURATED[(start + 2 * i) % len(SATURATED)] for i in range(count)]
+        if count == 2:
+            colours = [(255, 255, 255), (0, 0, 0)] if period % 2 else [(255, 0, 0), (0, 255, 255)]
+        name = {"h": "horizontal", "v": "vertical", "d": "diagonal", "a": "anti-diagonal"}[direction]
+        made.append((f"{name} stripes {period}px x{count}", _stripes(size, period, direction, colours)))
+    tartan = (_stripes(size, 3, "h", SATURATED).astype(np.uint16) + _stripes(size, 5, "v", SATURATED[::-1])) // 2
+    made.append(("tartan 3px x 5px", tartan.astype(np.uint8)))
+    made.append(("vertical stripes 2px red/green", _stripes(size, 2, "v", [(255, 0, 0), (0, 255, 0)])))
+    hue = np.stack([np.sin(2 * np.pi * (u * 3 + k / 3)) for k in range(3)], axis=-1)
+    made.append(("hue sweep across", ((hue + 1) * 127.5).round().astype(np.uint8)))
+    made.append(("checker b/w 2px", _checker(size, 2, (0, 0, 0), (255, 255, 255))))
+    made.append(("checker b/w 8px", _checker(size, 8, (0, 0, 0), (255, 255, 255))))
+    made.append(("checker b/w 64px", _checker(size, 64, (0, 0, 0), (255, 255, 255))))
+    made.append(("checker colour 4px", _checker(size, 4, (255, 0, 0), (0, 0, 255))))
+    made.append(("checker colour 32px", _checker(size, 32, (255, 255, 0), (128, 0, 255))))
+    made.append(("gradient white to black down", _ramp(v, (255, 255, 255), (0, 0, 0))))
+    made.append(("gradient black to white down", _ramp(v, (0, 0, 0), (255, 255, 255))))
+    made.append(("gradient white to black across", _ramp(u, (255, 255, 255), (0, 0, 0))))
+    made.append(("gradient diagonal", _ramp((u + v) / 2, (250, 240, 200), (20, 10, 60))))
+    made.append(("gradient red to blue down", _ramp(v, (255, 40, 0), (0, 40, 255))))
+    made.append(("radial light centre", _ramp(radius, (255, 255, 255), (0, 0, 0))))
+    made.append(("radial dark centre", _ramp(radius, (0, 0, 0), (255, 255, 255))))
+    made.append(("mid-grey", np.full((height, width, 3), 119, np.uint8)))
+    made.append(("split black|white", np.where((u < 0.5)[..., None], 0, 255).astype(np.uint8).repeat(3, 2)))
+    made.append(("split white/black", np.where((v < 0.5)[..., None], 255, 0).astype(np.uint8).repeat(3, 2)))
+    made.append(("split quadrants", np.where(((u < 0.5) ^ (v < 0.5))[..., None], 0, 255).astype(np.uint8).repeat(3, 2)))
+    made.append(("random letters", _letters(rng, size)))
+    rings = (np.sin(radius * width * 0.9) > 0)[..., None]
+    made.append(("moire rings", np.where(rings, np.array((255, 255, 255), np.uint8), np.array((0, 0, 0), np.uint8))))
+    noisy = _ramp(v, (255, 255, 255), (0, 0, 0)).astype(int) + rng.integers(-60, 61, (height, width, 3))
+    made.append(("noise over gradient", np.clip(noisy, 0, 255).astype(np.uint8)))
+    return [(name, Image.fromarray(np.ascontiguousarray(pixels))) for name, pixels in made]
+
+
+def make_set(size: tuple[int, int], kinds: tuple[str, ...] = ("photo", "pattern")) -> list[Cover]:
+    art = ([("photo", *a) for a in photo_art(size)] if "photo" in kinds else []) + (
+        [("pattern", *a) for a in pattern_art(size)] if "pattern" in kinds else []
+    )
+    covers = []
+    for index, (kind, name, image) in enumerate(art):
+        title, author, genres = BOOKS[index % len(BOOKS)]
+        covers.append(Cover(index, kind, name, image, title, author, genres))
+    return covers
+
+
+# ------------------------------------------------------------------------------------------- measures
+
+
+def srgb_luminance(pixels: np.ndarray) -> np.ndarray:
+    """WCAG 2.x relative luminance of sRGB pixels (..., 3) in 0-255."""
+    c = np.asarray(pixels, dtype=np.float64) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return linear @ np.array([0.2126, 0.7152, 0.0722])
+
+
+def hex_rgb(colour: str) -> tuple[int, int, int]:
+    colour = colour.lstrip("#")
+    return int(colour[0:2], 16), int(colour[2:4], 16), int(colour[4:6], 16)
+
+
+def _disc(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def worst_glyph_contrast(pixels: np.ndarray, line_boxes: Any, colour: str, font_size: int,
+                         percentile: float = 5.0) -> tuple[float | None, int, int]:  # fmt: skip
+    """(contrast at ``percentile`` over the ring, glyph pixels, ring pixels); None with no glyph pixels."""
+    height, width = pixels.shape[:2]
+    text = np.array(hex_rgb(colour), dtype=np.int16)
+    inside = np.zeros((height, width), bool)
+    for left, top, right, bottom in line_boxes:
+        inside[max(0, top) : min(height, bottom), max(0, left) : min(width, right)] = True
+    near = np.abs(pixels.astype(np.int16) - text).max(axis=2) <= COLOUR_TOLERANCE
+    glyph = (inside & near).astype(np.uint8)
+    if not glyph.any():
+        return None, 0, 0
+    radius = max(3, round(0.12 * font_size))
+    ring = cv2.dilate(glyph, _disc(radius)).astype(bool) & ~cv2.dilate(glyph, _disc(1)).astype(bool)
+    if not ring.any():
+        return None, int(glyph.sum()), 0
+    lum = srgb_luminance(pixels[ring])
+    text_lum = float(srgb_luminance(text))
+    ratios = (np.maximum(lum, text_lum) + 0.05) / (np.minimum(lum, text_lum) + 0.05)
+    return float(np.percentile(ratios, percentile)), int(glyph.sum()), int(ring.sum())
+
+
+def salient_region(art: Image.Image) -> tuple[np.ndarray, str]:
+    """The fine-grained static saliency of the art, thresholded: (mask, "otsu" or "top 15%")."""
+    saliency = cv2.saliency.StaticSaliencyFineGrained_create()
+    ok, smap = saliency.computeSaliency(cv2.cvtColor(np.asarray(art), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError("saliency failed")
+    smap = smap.astype(np.float32)
+    span = float(smap.max() - smap.min())
+    scaled = ((smap - smap.min()) / span * 255).astype(np.uint8) if span > 0 else np.zeros(smap.shape, np.uint8)
+    if span > 0:
+        _, otsu = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        mask = otsu > 0
+        if 0.005 <= mask.mean() <= 0.5:
+            return mask, "otsu"
+    cut = np.percentile(scaled, 85)
+    mask = scaled > cut
+    if not mask.any():  # a flat map: every pixel alike
+        mask = np.ones(scaled.shape, bool)
+    return mask, "top 15%"
+
+
+def salient_coverage(salient: np.ndarray, boxes: Any) -> float:
+    """|salient ∩ union of the boxes| / |salient|."""
+    height, width = salient.shape
+    text = np.zeros_like(salient, dtype=bool)
+    for left, top, right, bottom in boxes:
+        text[max(0, top) : min(height, bottom), max(0, left) : min(width, right)] = True
+    total = int(salient.sum())
+    return float((salient & text).sum() / total) if total else 0.0
+
+
+def fold(text: str) -> str:
+    """Accents dropped, typographic quotes and dashes as ASCII: the secondary figure's comparison."""
+    stripped = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return unicodedata.normalize("NFC", stripped).translate(QUOTES)
+
+
+def collapse(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def tesseract(path: Path, psm: int | None = None) -> str:
+    command = ["tesseract", str(path), "stdout", "-l", "eng"] + (["--psm", str(psm)] if psm else [])
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode:
+        raise RuntimeError(f"tesseract failed ({done.returncode}): {done.stderr.strip()[-300:]}")
+    return done.stdout
+
+
+def accepts_size() -> bool:
+    return "size" in inspect.signature(typeset).parameters
+
+
+def _crop_box(box: Any, font_size: int, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    pad = round(font_size / 2)
+    left, top, right, bottom = box
+    return max(0, left - pad), max(0, top - pad), min(image_size[0], right + pad), min(image_size[1], bottom + pad)
+
+
+def typeset_one(cover: Cover, size: tuple[int, int], workdir: Path, pool: ThreadPoolExecutor,
+                out: Path | None = None) -> Pending:  # fmt: skip
+    """Typeset one cover, measure contrast and coverage here, and queue its reads on the pool."""
+    record: dict[str, Any] = {"index": cover.index, "kind": cover.kind, "name": cover.name, "title": cover.title,
+                              "author": cover.author, "genres": cover.genres}  # fmt: skip
+    salient, method = salient_region(cover.art)
+    record["salient_method"] = method
+    record["salient_share_of_cover"] = round(float(salient.mean()), 4)
+    kwargs: dict[str, Any] = {"author": cover.author, "genres": cover.genres}
+    if accepts_size():
+        kwargs["size"] = size
+    started = time.perf_counter()
+    try:
+        result = typeset(cover.art, cover.title, **kwargs)
+    except TypesetError as error:  # a refusal: this cover failed
+        record["ms"] = (time.perf_counter() - started) * 1000
+        record["error"] = f"{type(error).__name__}: {error}"
+        return Pending(record)
+    except Exception as error:  # a bug in the typesetter: a failed cover too, marked as such
+        record["ms"] = (time.perf_counter() - started) * 1000
+        record["error"] = f"BUG {type(error).__name__}: {error}"
+        return Pending(record)
+    record["ms"] = (time.perf_counter() - started) * 1000
+    image = result.image.convert("RGB")
+    if image.size != cover.art.size:  # the typesetter resized: measure saliency at the cover's size
+        salient, method = salient_region(cover.art.resize(image.size, Image.Resampling.LANCZOS))
+        record["salient_method"] = method
+    pixels = np.asarray(image)
+    blocks = {"title": result.layout.title, "author": result.layout.author}
+    boxes = []
+    contrasts = []
+    pending = Pending(record)
+    stem = f"{cover.index:03d}"
+    path = workdir / f"{stem}.png"
+    image.save(path, compress_level=1)
+    if out:
+        image.save(out / f"{stem}-{cover.kind}-{_safe(cover.name)}.png", compress_level=1)
+    pending.whole = pool.submit(tesseract, path)
+    for role, block in blocks.items():
+        if block is None:
+            record[role + "_block"] = None
+            continue
+        value, glyph_px, ring_px = worst_glyph_contrast(pixels, block.line_boxes, block.colour, block.font_size)
+        record[role + "_block"] = {"lines": list(block.lines), "box": list(block.box), "colour": block.colour,
+                                   "font_size": block.font_size, "contrast": value, "glyph_px": glyph_px,
+                                   "ring_px": ring_px, "treatment": _treatment(block)}  # fmt: skip
+        if value is not None:
+            contrasts.append(value)
+        else:
+            contrasts.append(0.0)  # no glyph of the text colour found: counted as illegible
+        boxes.extend(block.line_boxes)
+        crop_path = workdir / f"{stem}-{role}.png"
+        image.crop(_crop_box(block.box, block.font_size, image.size)).save(crop_path, compress_level=1)
+        pending.crops[role] = pool.submit(tesseract, crop_path, 6)
+    record["contrast"] = min(contrasts) if contrasts else None
+    record["salient_coverage"] = salient_coverage(salient, boxes)
+    return pending
+
+
+def _treatment(block: Any) -> str | None:
+    """What the typesetter laid under the text, by whichever field its version records it in."""
+    for name in ("treatment", "remedy"):
+        value = getattr(block, name, None)
+        if value is not None:
+            return str(value)
+    return None
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def finish(pending: Pending) -> dict[str, Any]:
+    """Collect the reads of one cover and score them."""
+    record = pending.record
+    if pending.whole is None:
+        for key in ("title_exact", "author_exact", "both_exact", "title_crop_exact", "author_crop_exact"):
+            record[key] = False
+        return record
+    read = collapse(pending.whole.result())
+    record["read"] = read
+    folded = fold(read)
+    for role in ("title", "author"):
+        wanted = collapse(record[role])
+        record[role + "_exact"] = wanted in read
+        record[role + "_folded"] = fold(wanted) in folded
+        crop = pending.crops.get(role)
+        if crop is not None:
+            crop_read = collapse(crop.result())
+            record[role + "_crop_read"] = crop_read
+            record[role + "_crop_exact"] = wanted in crop_read
+        else:
+            record[role + "_crop_exact"] = False
+    record["both_exact"] = record["title_exact"] and record["author_exact"]
+    return record
+
+
+def run(covers: list[Cover], size: tuple[int, int], workers: int = 2, out: Path | None = None,
+        progress: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+    """Every cover typeset and measured; the records in the covers' order."""
+    records = []
+    with tempfile.TemporaryDirectory(prefix="legibility-") as tmp, ThreadPoolExecutor(workers) as pool:
+        pendings = []
+        for cover in covers:
+            pendings.append(typeset_one(cover, size, Path(tmp), pool, out))
+            if progress and len(pendings) % 10 == 0:
+                print(f"# typeset {len(pendings)}/{len(covers)}", file=sys.stderr, flush=True)
+        for pending in pendings:
+            records.append(finish(pending))
+    return records
+
+
+# ------------------------------------------------------------------------------------------- printing
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def figures(records: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(records)
+    ok = [r for r in records if "error" not in r]
+    contrasts = [r["contrast"] for r in ok if r.get("contrast") is not None]
+    ms = [r["ms"] for r in records]
+    result: dict[str, Any] = {
+        "covers": n,
+        "errors": n - len(ok),
+        "titles": sum(r["title_exact"] for r in records),
+        "authors": sum(r["author_exact"] for r in records),
+        "both": sum(r["both_exact"] for r in records),
+        "titles_folded": sum(r.get("title_folded", False) for r in records),
+        "authors_folded": sum(r.get("author_folded", False) for r in records),
+        "titles_crop": sum(r["title_crop_exact"] for r in records),
+        "authors_crop": sum(r["author_crop_exact"] for r in records),
+        "contrast_min": min(contrasts) if contrasts else None,
+        "contrast_median": statistics.median(contrasts) if contrasts else None,
+        "contrast_below": sum(c < 4.5 for c in contrasts) + (n - len(ok)),
+        "ms_median": statistics.median(ms) if ms else None,
+        "ms_p95": percentile(ms, 95),
+    }
+    for kind in ("photo", "pattern"):
+        share = [r["salient_coverage"] for r in ok if r["kind"] == kind]
+        result[f"salient_{kind}_mean"] = statistics.fmean(share) if share else None
+        result[f"salient_{kind}_max"] = max(share) if share else None
+        result[f"salient_{kind}_top15"] = sum(r["salient_method"] != "otsu" for r in records if r["kind"] == kind)
+    return result
+
+
+def _pct(count: int, n: int) -> str:
+    return f"{count}/{n} ({100 * count / n:.1f}%)" if n else "0/0"
+
+
+def report(records: list[dict[str, Any]], wall_s: float) -> tuple[dict[str, Any], str]:
+    """Print the table and every miss; return the figures and the one-line summary."""
+    fig = figures(records)
+    n = fig["covers"]
+    rows = []
+    for kind in ("photo", "pattern", "all"):
+        part = [r for r in records if kind in ("all", r["kind"])]
+        if not part:
+            continue
+        f = figures(part)
+        rows.append({"set": kind, "covers": f["covers"], "failed": f["errors"],
+                     "titles": _pct(f["titles"], f["covers"]),
+                     "authors": _pct(f["authors"], f["covers"]), "both": _pct(f["both"], f["covers"]),
+                     "titles (crop, psm 6)": _pct(f["titles_crop"], f["covers"]),
+                     "authors (crop, psm 6)": _pct(f["authors_crop"], f["covers"]),
+                     "contrast min": f["contrast_min"], "contrast median": f["contrast_median"],
+                     "below 4.5": f["contrast_below"],
+                     "salient covered mean %": 100 * (f[f"salient_{kind}_mean"] or 0) if kind != "all" else "",
+                     "salient covered max %": 100 * (f[f"salient_{kind}_max"] or 0) if kind != "all" else "",
+                     "ms median": f["ms_median"], "ms p95": f["ms_p95"]})  # fmt: skip
+    columns = list(rows[0])
+    print(table(rows, columns))
+    print(f"# whole-cover reads with accents, typographic quotes and dashes folded: titles {fig['titles_folded']}/{n}, "
+          f"authors {fig['authors_folded']}/{n}")  # fmt: skip
+    print(f"# salient region by the top-15% fallback (Otsu degenerate): photos {fig['salient_photo_top15']}, "
+          f"patterns {fig['salient_pattern_top15']}")  # fmt: skip
+    misses = [r for r in records if not r["both_exact"] or (r.get("contrast") or 0) < 4.5]
+    print(f"\n# misses ({len(misses)}): unread text or contrast under 4.5")
+    for r in misses:
+        where = f"{r['index']:3d} {r['kind']:7s} {r['name']}"
+        if "error" in r:
+            print(f"{where}: typeset failed: {r['error']}")
+            continue
+        wrong = [role for role in ("title", "author") if not r[role + "_exact"]]
+        lines = [f"{where}: contrast {r['contrast']:.2f}" + (f", unread: {', '.join(wrong)}" if wrong else "")]
+        for role in wrong:
+            block = r.get(role + "_block") or {}
+            lines.append(f"      {role} {r[role]!r} ({block.get('colour')} {block.get('treatment')}) "
+                         f"crop read {r.get(role + '_crop_read', '')!r}")  # fmt: skip
+        if wrong:
+            lines.append(f"      whole cover read {r['read'][:160]!r}")
+        print("\n".join(lines))
+    ms = fig["ms_median"] or 0
+    photo_mean = 100 * (fig["salient_photo_mean"] or 0)
+    photo_max = 100 * (fig["salient_photo_max"] or 0)
+    cmin = "n/a" if fig["contrast_min"] is None else f"{fig['contrast_min']:.2f}"
+    line = (f"covers {n}, read {_pct(fig['both'], n)}, titles {fig['titles']}/{n}, authors {fig['authors']}/{n}, "
+            f"worst-glyph contrast min {cmin} ({fig['contrast_below']} below 4.5), salient coverage photos mean "
+            f"{photo_mean:.1f}% max {photo_max:.1f}%, {ms:.0f} ms/cover (p95 {fig['ms_p95']:.0f}), "
+            f"wall {wall_s:.0f} s")  # fmt: skip
+    return fig, line
+
+
+def contact_sheet(records: list[dict[str, Any]], out: Path) -> None:
+    misses = [r for r in records if "error" not in r and (not r["both_exact"] or r["contrast"] < 4.5)]
+    if not misses:
+        return
+    thumbs = []
+    for r in misses:
+        found = sorted(out.glob(f"{r['index']:03d}-*.png"))
+        if found:
+            with Image.open(found[0]) as image:
+                thumbs.append(image.convert("RGB").resize((200, round(200 * image.height / image.width))))
+    if not thumbs:
+        return
+    cols = 8
+    rows = math.ceil(len(thumbs) / cols)
+    sheet = Image.new("RGB", (cols * 204, rows * (thumbs[0].height + 4)), (128, 128, 128))
+    for i, thumb in enumerate(thumbs):
+        sheet.paste(thumb, ((i % cols) * 204 + 2, (i // cols) * (thumbs[0].height + 4) + 2))
+    sheet.save(out / "misses.jpg", quality=85)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default=f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}", help="cover size WxH")
+    parser.add_argument("--limit", type=int, default=0, help="the first N covers of each kind only (quick run)")
+    parser.add_argument("--workers", type=int, default=2, help="tesseract processes at once")
+    parser.add_argument("--json", help="write every per-cover record here")
+    parser.add_argument("--out", help="save the finished covers (and misses.jpg, a contact sheet) here")
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    size = (width, height)
+    info = header("Typeset legibility: finished covers read back by tesseract (issue 22 item 4)")
+    version = subprocess.run(["tesseract", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    print(f"# reader: {version}, -l eng, default page segmentation; typeset(size=) accepted: {accepts_size()}")
+    covers = make_set(size)
+    if args.limit:
+        covers = [c for c in covers if c.kind == "photo"][: args.limit] + [c for c in covers if c.kind == "pattern"][
+            : args.limit
+        ]
+    out = Path(args.out) if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    print(f"# covers: {sum(c.kind == 'photo' for c in covers)} photo crops, "
+          f"{sum(c.kind == 'pattern' for c in covers)} patterns, {width}x{height}", flush=True)  # fmt: skip
+    started = time.perf_counter()
+    records = run(covers, size, args.workers, out, progress=True)
+    wall_s = time.perf_counter() - started
+    fig, summary_line = report(records, wall_s)
+    if out:
+        contact_sheet(records, out)
+    write_json(args.json, {**info, "size": [width, height], "figures": fig, "wall_s": wall_s, "records": records})
+    print(f"\n{summary_line}")
+
+
+if __name__ == "__main__":
+    main()

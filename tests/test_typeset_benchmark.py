@@ -1,0 +1,127 @@
+"""benchmarks/typeset_legibility.py (issue 22 item 4): its measures are right where the answer is known,
+and a few covers run through it end to end (tesseract included: `make system-deps` installs it)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "typeset_legibility", ROOT / "benchmarks" / "typeset_legibility.py"
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["typeset_legibility"] = module  # its dataclasses look their module up there
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return module
+
+
+def _glyph_on(background: tuple[int, int, int], text: tuple[int, int, int]) -> np.ndarray:
+    """A 200 x 100 image of ``background`` with a 20 x 40 bar of ``text`` in the middle."""
+    pixels = np.zeros((100, 200, 3), np.uint8)
+    pixels[:] = background
+    pixels[30:70, 90:110] = text
+    return pixels
+
+
+def test_black_on_white_is_21(bench: ModuleType) -> None:
+    value, glyph_px, ring_px = bench.worst_glyph_contrast(_glyph_on((255, 255, 255), (0, 0, 0)),
+                                                          [(80, 20, 120, 80)], "#000000", 40)  # fmt: skip
+    assert value == pytest.approx(21.0)
+    assert glyph_px == 20 * 40
+    assert ring_px > 0
+
+
+def test_white_on_mid_grey(bench: ModuleType) -> None:
+    grey = 128 / 255
+    lum = ((grey + 0.055) / 1.055) ** 2.4  # sRGB to linear; the three channels are equal, the weights sum to 1
+    expected = 1.05 / (lum + 0.05)  # about 3.95
+    value, _, _ = bench.worst_glyph_contrast(_glyph_on((128, 128, 128), (255, 255, 255)),
+                                             [(80, 20, 120, 80)], "#ffffff", 40)  # fmt: skip
+    assert value == pytest.approx(expected, rel=1e-6)
+    assert 3.9 < value < 4.0
+
+
+def test_worst_five_percent_of_the_ring(bench: ModuleType) -> None:
+    """Half the ring on white, half on mid-grey: the 5th percentile is the grey's figure, not the mean."""
+    pixels = _glyph_on((255, 255, 255), (0, 0, 0))
+    pixels[:, 100:] = np.where((pixels[:, 100:] == 0).all(axis=2, keepdims=True), 0, 119)
+    value, _, _ = bench.worst_glyph_contrast(pixels, [(80, 20, 120, 80)], "#000000", 40)
+    assert value == pytest.approx((bench.srgb_luminance(np.array([119, 119, 119])) + 0.05) / 0.05)
+
+
+def test_no_glyph_of_the_text_colour(bench: ModuleType) -> None:
+    value, glyph_px, _ = bench.worst_glyph_contrast(_glyph_on((255, 255, 255), (0, 0, 0)),
+                                                    [(80, 20, 120, 80)], "#ff0000", 40)  # fmt: skip
+    assert value is None and glyph_px == 0
+
+
+def test_salient_coverage_half(bench: ModuleType) -> None:
+    salient = np.zeros((100, 100), bool)
+    salient[20:60, 20:60] = True
+    assert bench.salient_coverage(salient, [(20, 20, 60, 40)]) == pytest.approx(0.5)
+    assert bench.salient_coverage(salient, [(20, 20, 60, 40), (0, 30, 100, 40)]) == pytest.approx(0.5)  # a union
+    assert bench.salient_coverage(salient, [(0, 80, 100, 100)]) == 0.0
+
+
+def test_salient_region_finds_a_subject(bench: ModuleType) -> None:
+    from PIL import Image
+
+    pixels = np.full((300, 200, 3), 90, np.uint8)
+    pixels[120:180, 70:130] = (250, 40, 40)
+    mask, method = bench.salient_region(Image.fromarray(pixels))
+    assert mask.shape == (300, 200)
+    assert mask[140:160, 90:110].mean() > 0.5 or mask[118:182, 68:132].mean() > 0.2  # the subject's area
+    assert mask[:40, :40].mean() < 0.1  # the flat corner is not salient
+    assert method in ("otsu", "top 15%")
+
+
+def test_set_is_large_and_deterministic(bench: ModuleType) -> None:
+    size = (160, 256)
+    covers = bench.make_set(size)
+    photos = [c for c in covers if c.kind == "photo"]
+    patterns = [c for c in covers if c.kind == "pattern"]
+    assert len(covers) >= 100 and len(photos) >= 60 and len(patterns) >= 40
+    assert all(c.art.size == size and c.art.mode == "RGB" for c in covers)
+    again = bench.pattern_art(size)
+    assert [
+        np.asarray(a).tobytes() == np.asarray(c.art).tobytes() for (_, a), c in zip(again, patterns, strict=True)
+    ] == [True] * len(patterns)
+
+
+def test_four_covers_end_to_end(bench: ModuleType, tmp_path: Path) -> None:
+    size = (640, 960)
+    covers = bench.make_set(size)
+    picked = [c for c in covers if c.kind == "photo"][:2] + [c for c in covers if c.name == "mid-grey"]
+    picked += [c for c in covers if c.name.startswith("diagonal stripes")][:1]
+    records = bench.run(picked, size, workers=2, out=tmp_path)
+    assert len(records) == 4
+    for record in records:
+        assert record["ms"] > 0
+        if "error" in record:
+            continue
+        for key in ("contrast", "salient_coverage", "salient_method", "read", "title_exact", "author_exact",
+                    "both_exact", "title_crop_exact", "author_crop_exact", "title_block", "author_block"):  # fmt: skip
+            assert key in record, key
+        assert 0 <= record["salient_coverage"] <= 1
+        assert record["contrast"] is None or record["contrast"] >= 1
+    grey = next(r for r in records if r["name"] == "mid-grey")
+    assert "error" not in grey and grey["title_exact"], grey  # plain grey art: the reader must manage this one
+    fig, line = bench.report(records, 1.0)
+    assert line.startswith("covers 4, read ")
+    assert {"titles", "authors", "both", "contrast_min", "ms_median", "salient_photo_mean"} <= set(fig)
+    assert len(list(tmp_path.glob("*.png"))) == sum("error" not in r for r in records)
