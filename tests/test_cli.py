@@ -127,7 +127,7 @@ def test_keys_of_an_unknown_section_fails_naming_the_sections() -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     assert "no section or key 'optimm'; did you mean 'optim'?" in result.stderr
-    sections = "sections: model, data, lora, optim, train, distributed, validate, infer, slurm, sweep"
+    sections = "sections: model, data, lora, optim, train, distributed, validate, infer, slurm, sweep, track"
     assert f"{sections}; top-level keys: name, output_dir" in result.stderr
     assert "did you mean 'train.seed'?" in cover_hpc("keys", "train.sed").stderr
 

@@ -16,7 +16,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "cover_hpc"
 LAYERS = {
     "spec": 0, "assets": 0, "runtime": 1, "store": 2, "model": 3, "metrics": 3, "typeset": 4, "demo": 4,
-    "stages": 5, "orchestrate": 6, "job": 6, "cli": 7,
+    "track": 2, "stages": 5, "orchestrate": 6, "job": 6, "cli": 7,
 }  # fmt: skip
 ROOT_MODULES = {"cover_hpc", "cover_hpc._torchvision_compat"}  # the package's start-up, imported by everything
 

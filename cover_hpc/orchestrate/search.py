@@ -305,7 +305,21 @@ def judge(exp: ExperimentPaths, spec: ExperimentSpec, task: Claim, paths: RunPat
             os.fsync(handle.fileno())
     log.info("search: trial %d (%s) at step %d: %s %.4g -> %s", task.number, task.run.run_id, step, metric, number,
              record["decision"])  # fmt: skip
+    track_decision(task, paths, record)
     return stop
+
+
+def track_decision(task: Claim, paths: RunPaths, record: dict[str, Any]) -> None:
+    """A rung's decision, in the trial's tracker run: its value at the step and whether it goes on."""
+    from contextlib import closing
+
+    from cover_hpc.track import open_tracker
+
+    with closing(open_tracker(task.run.spec, paths, "search")) as tracker:
+        tracker.log({"search": {record["metric"]: record["value"], "continue": record["decision"] == "continue"}},
+                    record["step"])  # fmt: skip
+        tracker.summary({f"search/decision_step_{record['step']}": record["decision"], "search/trial": task.number,
+                         "search/rung_values": record["rung_values"]})  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,7 +352,16 @@ def finish(exp: ExperimentPaths, spec: ExperimentSpec, task: Claim, pruned: bool
                 study.tell(task.number, state=TrialState.FAIL, skip_if_finished=True)
             else:
                 study.tell(task.number, value, skip_if_finished=True)
-        publish_experiment_best(exp, spec, study)
+        published = publish_experiment_best(exp, spec, study)
+    from contextlib import closing
+
+    from cover_hpc.track import open_tracker
+
+    with closing(open_tracker(task.run.spec, exp.run(task.run.run_id), "search")) as tracker:
+        state = "pruned" if pruned else ("failed" if value is None else "complete")
+        tracker.summary({"search/trial": task.number, "search/state": state, "search/value": value,
+                         "search/metric": spec.sweep.search.metric,
+                         "search/winner": published is not None and winner(exp) == task.run.run_id})  # fmt: skip
 
 
 def winner(exp: ExperimentPaths) -> str | None:

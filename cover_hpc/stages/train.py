@@ -517,13 +517,14 @@ def compute_loss(setup: Setup, batch: dict[str, Any], generator: torch.Generator
 
 
 class Metrics:
-    """Per-step metrics (rank 0): a JSONL file, TensorBoard, and a progress bar or log lines."""
+    """Per-step metrics (rank 0) through the tracker (cover_hpc.track): the JSONL file, TensorBoard, wandb and
+    MLflow as the spec's track section asks; and a progress bar or log lines."""
 
     def __init__(self, setup: Setup, start_step: int) -> None:
         self.setup = setup
         self.enabled = setup.dist.is_main
         self.bar: Any = None
-        self.writer: Any = None
+        self.tracker: Any = None
         if not self.enabled:
             return
         path = setup.paths.metrics
@@ -531,9 +532,13 @@ class Metrics:
             lines = [line for line in path.read_text().splitlines() if line.strip()]
             kept = [line for line in lines if json.loads(line)["step"] <= start_step]
             atomic.write_text(path, "".join(f"{line}\n" for line in kept))
-        from torch.utils.tensorboard import SummaryWriter
+        from cover_hpc.track import open_tracker
 
-        self.writer = SummaryWriter(str(setup.paths.tensorboard), purge_step=start_step + 1)
+        # the JSONL file, TensorBoard and the spec's trackers (track): one interface, steps logged once
+        self.tracker = open_tracker(
+            setup.spec, setup.paths, "train", jsonl=path, tensorboard=setup.paths.tensorboard,
+            purge_step=start_step + 1,
+        )  # fmt: skip
         if env.is_interactive():
             from tqdm.auto import tqdm
 
@@ -542,12 +547,8 @@ class Metrics:
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.setup.paths.metrics.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
         step = record["step"]
-        self.writer.add_scalar("loss", record["loss"], step)
-        for name, value in record["lr"].items():
-            self.writer.add_scalar(f"lr/{name}", value, step)
+        self.tracker.log(record, step)
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{record['loss']:.4f}")
@@ -557,9 +558,9 @@ class Metrics:
                 step, self.setup.total_steps, record["epoch"], record["loss"], record["samples_per_s"],
             )  # fmt: skip
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    def close(self, finished: bool = False) -> None:
+        if self.tracker is not None:
+            self.tracker.close(finished)
         if self.bar is not None:
             self.bar.close()
 
@@ -712,7 +713,7 @@ def run_loop(
         else:
             epoch, position = epoch + 1, 0
             continue
-    metrics.close()
+    metrics.close(status in DONE)
     final = checkpoint.Progress(
         step, epoch, position, setup.dist.world_size, progress.starts, loss_sum, elapsed + time.perf_counter() - started
     )

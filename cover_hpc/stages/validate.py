@@ -27,6 +27,7 @@ import os
 import re
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from cover_hpc.store.records import (
     write_record,
 )
 from cover_hpc.store.snapshots import lora_points, snapshot_steps
+from cover_hpc.track import Tracker, open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -462,7 +464,7 @@ MAX_REAL_COVERS = 2048
 
 def score_point(
     spec: ExperimentSpec, paths: RunPaths, out: ValidationPaths, point: PointJob, items: Sequence[Item],
-    scorers: Scorers,
+    scorers: Scorers, tracker: Tracker | None = None,
 ) -> ValidationPoint:  # fmt: skip
     """Generate a point's missing images, score them, and write its ``metrics.json``.
 
@@ -483,7 +485,22 @@ def score_point(
                 write_record(shared, cached)
         record = cached
     write_record(out.point_metrics(point.name), record)
+    if tracker is not None:
+        track_point(tracker, spec, record)
     return record
+
+
+#: The trackers' key prefix of each kind of point: a LoRA's (snapshots and the final one share an axis).
+TRACK_PREFIX = {"base": "val_base", "ema": "val_ema"}
+
+
+def track_point(tracker: Tracker, spec: ExperimentSpec, record: ValidationPoint) -> None:
+    """A scored point's metrics at its training step, and a few of its images."""
+    prefix = TRACK_PREFIX.get(record.kind, "val")
+    tracker.log({prefix: {k: v for k, v in record.metrics.items() if v is not None}}, record.step)
+    if spec.track.images:
+        images = sorted(Path(record.images).glob("*.png"))[: spec.track.images]
+        tracker.images(f"{prefix}/images", images, record.step)
 
 
 def _as_kind(record: ValidationPoint | None, point: PointJob) -> ValidationPoint | None:
@@ -545,6 +562,14 @@ def validate(spec: ExperimentSpec, paths: RunPaths, task: int | None = None) -> 
     points, items = _inputs(spec, paths)  # before any folder or lock: an input refused leaves no trace
     scorers = Scorers(spec, out, heldout_examples(spec))
     mine = [p for k in (range(tasks) if task is None else [task]) for p in assigned(points, k, tasks)]
+    with closing(open_tracker(spec, paths, "validate", main=env.dist_env().is_main)) as tracker:
+        return _validate(spec, paths, out, points, items, scorers, mine, tracker)
+
+
+def _validate(
+    spec: ExperimentSpec, paths: RunPaths, out: ValidationPaths, points: list[PointJob], items: list[Item],
+    scorers: Scorers, mine: list[PointJob], tracker: Tracker,
+) -> dict[str, Any] | None:  # fmt: skip
     for point in mine:
         what = f"validation of {point.name} of run {paths.root.name} in {out.root}"
         try:
@@ -552,7 +577,7 @@ def validate(spec: ExperimentSpec, paths: RunPaths, task: int | None = None) -> 
                 preemption.check()
                 if not out.point_metrics(point.name).is_file():
                     log.info("validating %s of run %s", point.name, paths.root.name)
-                    score_point(spec, paths, out, point, items, scorers)
+                    score_point(spec, paths, out, point, items, scorers, tracker)
         except locks.Busy as busy:  # a second validation at once shares the work instead of failing
             log.warning("%s; left to it (whichever process scores the last point selects)", busy)
     with locks.held(out.lock, f"the selection of run {paths.root.name}", slot=0, wait_s=600,
@@ -561,7 +586,7 @@ def validate(spec: ExperimentSpec, paths: RunPaths, task: int | None = None) -> 
         if any(r is None for r in records):
             log.info("points of run %s still being scored by other tasks; the last one selects", paths.root.name)
             return None
-        return finish(spec, paths, out, items, scorers, [r for r in records if r is not None])
+        return finish(spec, paths, out, items, scorers, [r for r in records if r is not None], tracker)
 
 
 def score_snapshot(spec: ExperimentSpec, paths: RunPaths, step: int) -> ValidationPoint:
@@ -582,7 +607,8 @@ def score_snapshot(spec: ExperimentSpec, paths: RunPaths, step: int) -> Validati
             return cached
         log.info("scoring %s of run %s for the search", point.name, paths.root.name)
         items = validation_items(spec)
-        return score_point(spec, paths, out, point, items, Scorers(spec, out, heldout_examples(spec)))
+        with closing(open_tracker(spec, paths, "validate")) as tracker:
+            return score_point(spec, paths, out, point, items, Scorers(spec, out, heldout_examples(spec)), tracker)
 
 
 def check_inputs(spec: ExperimentSpec, paths: RunPaths) -> None:
@@ -607,9 +633,10 @@ def _inputs(spec: ExperimentSpec, paths: RunPaths) -> tuple[list[PointJob], list
 
 def finish(
     spec: ExperimentSpec, paths: RunPaths, out: ValidationPaths, items: Sequence[Item], scorers: Scorers,
-    records: list[ValidationPoint],
+    records: list[ValidationPoint], tracker: Tracker | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Select the best point, fill ``<run>/best/``, and write ``validation.json`` (last)."""
+    """Select the best point, fill ``<run>/best/``, and write ``validation.json`` (last); the trackers
+    get every point (those scored by other tasks or earlier jobs too: none twice) and the choice."""
     from cover_hpc.stages.select import publish_best, select
 
     choice = select(records, spec.validate.select_by)
@@ -623,6 +650,13 @@ def finish(
     write_record(out.selection, selection)
     best_folder = publish_best(spec, paths, selection, best, items)
     write_record(paths.selection, selection)
+    if tracker is not None:
+        for record in records:
+            track_point(tracker, spec, record)
+        tracker.log({"selection": {"best_value": choice.value}}, best.step)
+        tracker.summary({"selection/metric": choice.metric, "selection/direction": choice.direction,
+                         "selection/best_step": best.step, "selection/best_kind": best.kind,
+                         "selection/best_value": choice.value, "selection/best_point": best.point})  # fmt: skip
     scores = {"lora": by_kind["final"].clip, "best": best.clip}
     if "base" in by_kind:
         scores["base"] = by_kind["base"].clip
