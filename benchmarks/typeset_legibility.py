@@ -27,7 +27,9 @@ Measured on each finished cover:
   read:     Debian's tesseract CLI, default English model and page segmentation, on the WHOLE cover
             (``tesseract cover.png stdout -l eng``; the typesetter checks itself with another reader).
             A text is read exactly when the output, whitespace runs collapsed to one space, contains
-            it as given (case, accents, punctuation; both NFC). Secondary: tesseract ``--psm 6`` on a
+            it as given (case, accents, punctuation; both NFC). Secondary: the whole cover again in
+            tesseract's sparse-text mode (``--psm 11``, "find as much text as possible in no particular
+            order": a cover is not a page of columns), tesseract ``--psm 6`` on a
             crop of each block (its box padded by half the font size), and the whole-cover rate with
             accents, typographic quotes and dashes folded (to say what the misses are, not the metric);
   contrast: the worst-glyph contrast, from the pixels alone: glyph pixels are those inside the block's
@@ -166,6 +168,7 @@ class Cover:
 class Pending:
     record: dict[str, Any]
     whole: Future[str] | None = None
+    sparse: Future[str] | None = None  # the whole cover again, in tesseract's sparse-text mode (psm 11)
     crops: dict[str, Future[str]] = field(default_factory=dict)
 
 
@@ -454,6 +457,7 @@ def typeset_one(cover: Cover, size: tuple[int, int], workdir: Path, pool: Thread
     if out:
         image.save(out / f"{stem}-{cover.kind}-{_safe(cover.name)}.png", compress_level=1)
     pending.whole = pool.submit(tesseract, path)
+    pending.sparse = pool.submit(tesseract, path, 11)
     for role, block in blocks.items():
         if block is None:
             record[role + "_block"] = None
@@ -492,16 +496,28 @@ def finish(pending: Pending) -> dict[str, Any]:
     """Collect the reads of one cover and score them."""
     record = pending.record
     if pending.whole is None:
-        for key in ("title_exact", "author_exact", "both_exact", "title_crop_exact", "author_crop_exact"):
+        for key in (
+            "title_exact",
+            "author_exact",
+            "both_exact",
+            "title_crop_exact",
+            "author_crop_exact",
+            "title_sparse_exact",
+            "author_sparse_exact",
+            "both_sparse_exact",
+        ):
             record[key] = False
         return record
     read = collapse(pending.whole.result())
     record["read"] = read
+    sparse = collapse(pending.sparse.result()) if pending.sparse is not None else ""
+    record["read_sparse"] = sparse
     folded = fold(read)
     for role in ("title", "author"):
         wanted = collapse(record[role])
         record[role + "_exact"] = wanted in read
         record[role + "_folded"] = fold(wanted) in folded
+        record[role + "_sparse_exact"] = wanted in sparse
         crop = pending.crops.get(role)
         if crop is not None:
             crop_read = collapse(crop.result())
@@ -510,6 +526,7 @@ def finish(pending: Pending) -> dict[str, Any]:
         else:
             record[role + "_crop_exact"] = False
     record["both_exact"] = record["title_exact"] and record["author_exact"]
+    record["both_sparse_exact"] = record["title_sparse_exact"] and record["author_sparse_exact"]
     return record
 
 
@@ -548,6 +565,9 @@ def figures(records: list[dict[str, Any]]) -> dict[str, Any]:
         "both": sum(r["both_exact"] for r in records),
         "titles_folded": sum(r.get("title_folded", False) for r in records),
         "authors_folded": sum(r.get("author_folded", False) for r in records),
+        "both_sparse": sum(r.get("both_sparse_exact", False) for r in records),
+        "titles_sparse": sum(r.get("title_sparse_exact", False) for r in records),
+        "authors_sparse": sum(r.get("author_sparse_exact", False) for r in records),
         "titles_crop": sum(r["title_crop_exact"] for r in records),
         "authors_crop": sum(r["author_crop_exact"] for r in records),
         "contrast_min": min(contrasts) if contrasts else None,
@@ -581,6 +601,9 @@ def report(records: list[dict[str, Any]], wall_s: float) -> tuple[dict[str, Any]
         rows.append({"set": kind, "covers": f["covers"], "failed": f["errors"],
                      "titles": _pct(f["titles"], f["covers"]),
                      "authors": _pct(f["authors"], f["covers"]), "both": _pct(f["both"], f["covers"]),
+                     "titles (psm 11)": _pct(f["titles_sparse"], f["covers"]),
+                     "authors (psm 11)": _pct(f["authors_sparse"], f["covers"]),
+                     "both (psm 11)": _pct(f["both_sparse"], f["covers"]),
                      "titles (crop, psm 6)": _pct(f["titles_crop"], f["covers"]),
                      "authors (crop, psm 6)": _pct(f["authors_crop"], f["covers"]),
                      "contrast min": f["contrast_min"], "contrast median": f["contrast_median"],
@@ -615,6 +638,7 @@ def report(records: list[dict[str, Any]], wall_s: float) -> tuple[dict[str, Any]
     photo_max = 100 * (fig["salient_photo_max"] or 0)
     cmin = "n/a" if fig["contrast_min"] is None else f"{fig['contrast_min']:.2f}"
     line = (f"covers {n}, read {_pct(fig['both'], n)}, titles {fig['titles']}/{n}, authors {fig['authors']}/{n}, "
+            f"sparse-text mode {_pct(fig['both_sparse'], n)}, "
             f"worst-glyph contrast min {cmin} ({fig['contrast_below']} below 4.5), salient coverage photos mean "
             f"{photo_mean:.1f}% max {photo_max:.1f}%, {ms:.0f} ms/cover (p95 {fig['ms_p95']:.0f}), "
             f"wall {wall_s:.0f} s")  # fmt: skip

@@ -96,7 +96,11 @@ def describe_character(character: str) -> str:
 # ------------------------------------------------------------------------------------- options and result
 
 Treatment = Literal["auto", "shadow", "wash", "panel"]
-TREATMENTS = ("none", "shadow", "wash", "panel")  # in the order they hide more of the art
+# In the order they are preferred, for machine readers as much as for the eye: a panel is the most
+# reliably read (tesseract reads lettering best on a clean field); a wash leaves the art's texture under
+# the letters; a halo around each letter reads to the eye, but machine readers lose the letters in it
+# (docs/PERFORMANCE.md, "Finished covers on any art"), so a shadow is used only where nothing else goes.
+TREATMENTS = ("none", "panel", "wash", "shadow")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -826,9 +830,7 @@ class _Typesetter:
         calm = detail <= options.calm_detail
         if forced == "auto" and calm and self.wash is None:
             keep("none", self.canvas.crop(region), region, None, 0.0)
-        if forced in ("auto", "shadow") and not found and (detail <= 1.5 * options.calm_detail or forced == "shadow"):
-            self._shadow(block, origin, region, glyphs, art, keep)
-        if found:  # none, or else a shadow, is the cheapest way in this band: the rest hide more at a higher cost
+        if found:  # plain lettering on calm art is the cheapest way in this band
             return found
         if forced in ("auto", "wash") and self.wash is not None and calm:  # the wash the title asked for
             keep("wash", self.canvas.crop(region), region, self.wash, 0.0)
@@ -836,6 +838,8 @@ class _Typesetter:
             self._wash(region, ring, keep)
         if forced in ("auto", "panel") and band != "middle":  # never a stripe through the middle of the art
             self._panel(block, ink, band, detail, keep)
+        if forced == "shadow" or (forced == "auto" and not found and detail <= 1.5 * options.calm_detail):
+            self._shadow(block, origin, region, glyphs, art, keep)
         return sorted(found, key=lambda attempt: attempt.cost)
 
     def _shadow(self, block: SetText, origin: tuple[int, int], region: Box, glyphs: np.ndarray, art: np.ndarray,
@@ -891,7 +895,7 @@ class _Typesetter:
         outside = np.maximum(solid_rows[0] - rows, rows - (solid_rows[1] - 1)).clip(0, None) / fade
         ramp = _smoothstep(1 - outside)[:, None, None]
         under = art[max(0, solid_rows[0] - box[1]) : solid_rows[1] - box[1]]
-        salient_extra = 1.5 * self.attention.share(box)
+        salient_extra = 0.5 * self.attention.share(box)  # the art under the panel (its text is counted already)
         for text in options.colours:
             colour = panel_colour(under, text, options.panel_contrast)
             strength = 1.0 if detail > options.calm_detail else 0.85
