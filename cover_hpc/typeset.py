@@ -15,9 +15,10 @@ No model is involved: :func:`typeset` takes any image. The rules (issues 13 and 
 - **Legible by measurement**: for each text in each band (top, middle, bottom third), the pixels right
   around the glyphs (2 px to 15% of the size out) are measured: the WCAG 2.x contrast of the worst 1% of
   them against the text colour, and the art's texture energy (mean Sobel magnitude, PosterLayout's "Rea").
-  The treatments covers use, in the order they hide more of the art: none (calm art that reads), a soft
-  shadow of the opposite colour, a wash over the whole art (at most 40%), a panel in from the nearest edge,
-  in the art's own hue darkened or lightened to 7:1 against the text, solid on busy art and fading into it.
+  The treatments covers use, in the order they are preferred: none (calm art that reads), a panel in from
+  the nearest edge, in the art's own hue darkened or lightened to 7:1 against the text, solid on busy art and
+  fading into it, a wash over the whole art (at most 40%), and a soft shadow of the opposite colour only
+  where nothing else goes (machine readers lose the letters in a halo).
   A treatment counts only if the contrast reaches the target (4.5:1) and the texture left around the
   letters is calm. Never a band through the middle of the art: panels start at the cover's edge.
 - **Choice**: each way that reads is scored by the salient share and faces it covers, the band (the middle
