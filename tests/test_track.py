@@ -348,3 +348,29 @@ def test_a_search_rung_decision_reaches_the_trial_run(tmp_path: Path) -> None:
     ]
     assert history(client, tracked, "search/continue") == [4]
     assert tracked.data.tags["search/decision_step_4"] == "continue" and tracked.data.tags["search/trial"] == "3"
+
+
+def test_a_tracker_failing_mid_job_is_turned_off_with_one_warning(tmp_path: Path) -> None:
+    from cover_hpc.spec.schema import ExperimentSpec, TrackConfig
+    from cover_hpc.track import open_tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = ExperimentSpec(name="x", track=TrackConfig(mlflow_uri=uri))
+    paths = RunPaths(tmp_path / "run")
+    tracker = open_tracker(spec, paths, "train", jsonl=tmp_path / "metrics.jsonl")
+    tracker.log({"step": 1, "loss": 1.0}, 1)
+    (remote,) = tracker.remotes
+
+    class Down:
+        def log_batch(self, *args: Any, **kwargs: Any) -> None:
+            raise ConnectionError("Connection refused")
+
+    remote.backend.client = Down()  # the server went away
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        for step in (2, 3):
+            tracker.log({"step": step, "loss": 1.0 / step}, step)
+        tracker.close(finished=True)
+    assert err.getvalue().count("\n") == 1 and "track.mlflow_uri: MLflow" in err.getvalue()
+    assert "Connection refused" in err.getvalue() and not tracker.remote
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

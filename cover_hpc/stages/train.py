@@ -558,9 +558,9 @@ class Metrics:
                 step, self.setup.total_steps, record["epoch"], record["loss"], record["samples_per_s"],
             )  # fmt: skip
 
-    def close(self, finished: bool = False) -> None:
+    def close(self, finished: bool = False, failed: bool = False) -> None:
         if self.tracker is not None:
-            self.tracker.close(finished)
+            self.tracker.close(finished, failed)
         if self.bar is not None:
             self.bar.close()
 
@@ -632,8 +632,21 @@ def run_loop(
 ) -> tuple[checkpoint.Progress, str, float | None]:
     """Train until the last step, a stop request or a judge's stop (updating ``ema`` after every
     optimizer step); returns the progress, status and last loss."""
-    spec, accelerator, device = setup.spec, setup.accelerator, setup.accelerator.device
     metrics = Metrics(setup, progress.step)
+    try:
+        final, status, last_loss = _loop(setup, progress, stop_after, judge, judge_steps, ema, metrics)
+    except BaseException:
+        metrics.close(failed=True)  # the trackers mark the run failed; a requeue or resume continues it
+        raise
+    metrics.close(finished=status in DONE)
+    return final, status, last_loss
+
+
+def _loop(
+    setup: Setup, progress: checkpoint.Progress, stop_after: int | None, judge: Judge | None,
+    judge_steps: Sequence[int], ema: LoraEMA | None, metrics: Metrics,
+) -> tuple[checkpoint.Progress, str, float | None]:  # fmt: skip
+    spec, accelerator, device = setup.spec, setup.accelerator, setup.accelerator.device
     step, epoch, position = progress.step, progress.epoch, progress.batch_in_epoch
     loss_sum, elapsed = progress.loss_sum, progress.elapsed_s
     last_loss: float | None = None
@@ -713,7 +726,6 @@ def run_loop(
         else:
             epoch, position = epoch + 1, 0
             continue
-    metrics.close(status in DONE)
     final = checkpoint.Progress(
         step, epoch, position, setup.dist.world_size, progress.starts, loss_sum, elapsed + time.perf_counter() - started
     )

@@ -80,8 +80,8 @@ class WandbBackend:
     def summary(self, values: Mapping[str, Any]) -> None:
         self.run.summary.update(dict(values))
 
-    def close(self, finished: bool) -> None:
-        self.run.finish(exit_code=0 if finished else None)
+    def close(self, finished: bool, failed: bool) -> None:
+        self.run.finish(exit_code=1 if failed else 0 if finished else None)
 
 
 def open_wandb(ident: Identity) -> WandbBackend | None:
@@ -267,9 +267,9 @@ class MlflowBackend:
             text = value if isinstance(value, str) else json.dumps(value)
             self.client.set_tag(self.run_id, _mlflow_key(name), text[:5000])
 
-    def close(self, finished: bool) -> None:
-        if finished:
-            self.client.set_terminated(self.run_id, "FINISHED")
+    def close(self, finished: bool, failed: bool) -> None:
+        if failed or finished:
+            self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
 
 
 def _mlflow_key(name: str) -> str:
@@ -349,6 +349,8 @@ def _find_or_create(ident: Identity, client: Any, uri: str) -> str:
             client.log_batch(with_key, params=params[start : start + 100])
     else:
         client.set_tag(with_key, "cover_hpc.slurm_job", ident.tags["slurm_job"])
+        if ident.job == "train":  # a resumed training (after a stop, or a failure marked FAILED) runs again
+            client.update_run(with_key, status="RUNNING")
     known = json.loads(record.read_text()) if record.is_file() else {}
     atomic.write_json(record, {**known, uri: with_key})
     return str(with_key)

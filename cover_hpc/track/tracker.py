@@ -51,7 +51,7 @@ class Backend(Protocol):
 
     def summary(self, values: Mapping[str, Any]) -> None: ...
 
-    def close(self, finished: bool) -> None: ...
+    def close(self, finished: bool, failed: bool) -> None: ...
 
 
 class _Shared:
@@ -100,6 +100,10 @@ def _shared(kind: str, ident: Identity, make: Any) -> _Shared | None:
             _OPEN[slot] = _Shared(backend)
         except Exception as error:
             warn(f"{backend.key}: reading what {backend.what} holds failed ({short(error)}); it is off for this job.")
+            try:
+                backend.close(False, False)
+            except Exception:  # already failing: the warning above says what matters
+                log.debug("closing %s failed too", backend.what, exc_info=True)
             return None
     shared = _OPEN[slot]
     shared.users += 1
@@ -144,7 +148,8 @@ class Tracker:
         for remote in self.remotes:
             remote.call("summary", dict(values))
 
-    def close(self, finished: bool = False) -> None:
+    def close(self, finished: bool = False, failed: bool = False) -> None:
+        """``finished``: the stage's work is done (MLflow: FINISHED); ``failed``: it raised (FAILED)."""
         if self.closed:
             return
         self.closed = True
@@ -154,7 +159,7 @@ class Tracker:
             remote.users -= 1
             if remote.users <= 0:
                 _OPEN.pop(next((k for k, v in _OPEN.items() if v is remote), ("", "")), None)
-                remote.call("close", finished)
+                remote.call("close", finished, failed)
 
 
 def open_tracker(
