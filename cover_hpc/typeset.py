@@ -782,9 +782,11 @@ class _Typesetter:
     """One cover's art, what is known of it, and the text set so far."""
 
     def __init__(self, canvas: Image.Image, options: TypesetOptions, margin_px: int, attention: Attention,
-                 wash: dict[str, Any] | None = None) -> None:  # fmt: skip
+                 wash: dict[str, Any] | None = None, lettered: bool = False) -> None:  # fmt: skip
         self.canvas, self.options, self.margin_px, self.attention = canvas, options, margin_px, attention
         self.wash = wash  # the wash over the whole art, once one text has asked for it
+        # once a text is drawn, no new wash: it would tint the letters already set (and their contrast)
+        self.lettered = lettered
         self.measured: dict[tuple[str, str], tuple[float, float]] = {}  # (role, band): art's detail, salient share
         self.regions = bands(canvas.width, canvas.height, margin_px)
 
@@ -793,7 +795,7 @@ class _Typesetter:
         canvas = self.canvas.copy()
         attempt.draw_on(canvas)
         wash = attempt.wash or self.wash
-        return _Typesetter(canvas, self.options, self.margin_px, self.attention, wash)
+        return _Typesetter(canvas, self.options, self.margin_px, self.attention, wash, lettered=True)
 
     def attempts(self, draft: _Draft, band: str) -> list[_Attempt]:
         """Every treatment that makes ``draft`` read in ``band``, cheapest (least art hidden) first."""
@@ -835,7 +837,7 @@ class _Typesetter:
             return found
         if forced in ("auto", "wash") and self.wash is not None and calm:  # the wash the title asked for
             keep("wash", self.canvas.crop(region), region, self.wash, 0.0)
-        elif forced in ("auto", "wash") and self.wash is None and (calm or forced == "wash"):
+        elif forced in ("auto", "wash") and self.wash is None and not self.lettered and (calm or forced == "wash"):
             self._wash(region, ring, keep)
         if forced in ("auto", "panel") and band != "middle":  # never a stripe through the middle of the art
             self._panel(block, ink, band, detail, keep)

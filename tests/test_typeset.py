@@ -589,3 +589,20 @@ def test_a_book_the_typesetter_fails_on_keeps_its_art_and_the_others_are_finishe
     assert rows["b1"].error.startswith("typesetting failed: RuntimeError") and rows["b1"].art
     assert rows["b2"].error is None and rows["b2"].image is not None
     assert Image.open(out.root / rows["b2"].image).size == (512, 768)
+
+
+def test_a_wash_for_the_author_never_tints_the_title_already_set() -> None:
+    """Measured on the finished image, after both texts are set. On this crop of matplotlib's sample photo
+    the author alone would read best under a light wash over the whole art, which would also lighten the
+    title's panel under its white letters (3.05:1 when it was allowed): once a text is set, no new wash."""
+    import matplotlib
+
+    photo = Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "Minduka_Present_Blue_Pack.png")
+    photo = photo.convert("RGB")
+    height = min(photo.height, photo.width * 3 / 2) * 0.55
+    left, top = (photo.width - height * 2 / 3) * 0.3, (photo.height - height) * 0.7
+    art = photo.resize((512, 768), Image.Resampling.LANCZOS, box=(left, top, left + height * 2 / 3, top + height))
+    result = ts.typeset(art, "Midnight in Sevilla", author="Javier Méndez", genres=["romance"])
+    assert result.layout.author is not None and result.layout.author.treatment != "wash"
+    for block in (result.layout.title, result.layout.author):
+        assert ring_contrast(result, block) >= 4.5, (block.role, block.treatment)
