@@ -243,6 +243,12 @@ def test_wandb_offline_files_hold_one_run_continued_after_a_requeue(
     summary = [r for path in files for r in read_records(path) if r.WhichOneof("record_type") == "summary"]
     keys = {item.key or "/".join(item.nested_key) for record in summary for item in record.summary.update}
     assert {"selection/best_step", "selection/metric"} <= keys
+    # what the README tells to run on the login node finds every one of them (--dry-run: no network)
+    wandb = Path(sys.executable).parent / "wandb"
+    sync = subprocess.run([str(wandb), "sync", "--dry-run", *(str(f.parent) for f in files)], capture_output=True,
+                          text=True, timeout=120, cwd=root, env={**os.environ, "WANDB_SILENT": "false"})  # fmt: skip
+    assert sync.returncode == 0, sync.stderr
+    assert all(f.parent.name in sync.stdout + sync.stderr for f in files) and "Would sync" in sync.stdout + sync.stderr
 
 
 # --------------------------------------------------------------------------------------------
