@@ -13,10 +13,10 @@ bf16, ~7 GB, once per --workdir), then, each stage in its own process as on the 
     python benchmarks/fullsize_cpu.py [--workdir /tmp/cover-hpc-fullsize] [--size 256x256] [--steps 4]
         [--stop-after 2] [--sample-steps 2] [--backend deepspeed|ddp] [--max-gib 14] [--json out.json]
 
-As of 2026-12-06 DeepSpeed with bf16 stops at the first step (accelerate applies no autocast under
-DeepSpeed: fp32 inputs meet the bf16 UNet); docs/PERFORMANCE.md "Full size on a CPU" ran --backend ddp.
-A full-size start peaks near 14.7 GiB while loading (the parts are read into fp32), so pass
---max-gib 16 there; --max-gib only guards a shared machine (see run_measured).
+Both backends run at full size since fa73381 (DeepSpeed holds the model in bf16 and accelerate then
+autocasts nothing, so the trainer hands the model its inputs in its dtype); docs/PERFORMANCE.md "Full
+size on a CPU" has both. A full-size start peaks near 14.9 GiB while loading (the parts are read into
+fp32), so pass --max-gib 16 or more there; --max-gib only guards a shared machine (see run_measured).
 
 Peak memory is the training process's own peak resident set (ru_maxrss from os.wait4 on that
 process, the per-child form of getrusage(RUSAGE_CHILDREN)), the larger of the two starts. Seconds
