@@ -54,13 +54,13 @@ HASH_LENGTH = 8
 _LABEL_MAX = 48
 
 
-def _leaves(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def dotted_leaves(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Dotted key -> value of every leaf (a list is a value, not a branch)."""
     leaves: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else key
         if isinstance(value, Mapping) and dotted != "sweep" and not dotted.startswith("sweep."):
-            leaves.update(_leaves(value, dotted))
+            leaves.update(dotted_leaves(value, dotted))
         else:
             leaves[dotted] = value
     return leaves
@@ -87,8 +87,8 @@ def _excluded(dotted: str) -> bool:
 
 def weight_diff(spec: Any) -> dict[str, Any]:
     """The weight-bearing keys of a resolved spec whose value differs from its class's default."""
-    current = _leaves(to_dict(spec))
-    defaults = _leaves(to_dict(type(spec)()))
+    current = dotted_leaves(to_dict(spec))
+    defaults = dotted_leaves(to_dict(type(spec)()))
     missing = object()
     return {
         key: canonical(value)

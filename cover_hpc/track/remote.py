@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cover_hpc.spec.ids import dotted_leaves
 from cover_hpc.store import atomic, locks
 from cover_hpc.track.common import (
     MLFLOW_REQUEST_TIMEOUT_S,
@@ -356,12 +357,7 @@ def _find_or_create(ident: Identity, client: Any, uri: str) -> str:
     return str(with_key)
 
 
-def _leaves(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    leaves: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, Mapping) and name != "sweep" and not name.startswith("sweep."):
-            leaves.update(_leaves(value, name))
-        elif name != "sweep":
-            leaves[name] = json.dumps(value) if isinstance(value, (list, dict)) else value
-    return leaves
+def _leaves(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec's dotted keys as tracker parameters (the sweep left out: each run's own values are set)."""
+    return {key: json.dumps(value) if isinstance(value, (list, dict)) else value
+            for key, value in dotted_leaves(config).items() if key != "sweep"}  # fmt: skip
