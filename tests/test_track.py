@@ -236,6 +236,13 @@ def test_wandb_offline_files_hold_one_run_continued_after_a_requeue(
     val = {row["trainer/step"]: row["val/clip_score"] for row in rows if "val/clip_score" in row}
     assert val == pytest.approx({p["step"]: p["metrics"]["clip_score"] for p in points if p["kind"] != "base"})
     assert any("val/images" in row for row in rows)
+    # TensorBoard too: validation's own event files beside its results, each point at its training step
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (board,) = (paths.root / "validate").glob("*/tensorboard")
+    events = [EventAccumulator(str(f.parent)) for f in board.glob("events.out.tfevents.*")]
+    scalars = {e.step: e.value for acc in events for e in acc.Reload().Scalars("val/clip_score")}
+    assert scalars == pytest.approx(val)
     kinds = [r.WhichOneof("record_type") for path in files for r in read_records(path)]
     runs_started = [r.run for path in files for r in read_records(path) if r.WhichOneof("record_type") == "run"]
     assert "history" in kinds and {r.run_id for r in runs_started} == {key}

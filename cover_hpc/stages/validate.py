@@ -562,7 +562,9 @@ def validate(spec: ExperimentSpec, paths: RunPaths, task: int | None = None) -> 
     points, items = _inputs(spec, paths)  # before any folder or lock: an input refused leaves no trace
     scorers = Scorers(spec, out, heldout_examples(spec))
     mine = [p for k in (range(tasks) if task is None else [task]) for p in assigned(points, k, tasks)]
-    with closing(open_tracker(spec, paths, "validate", main=env.dist_env().is_main)) as tracker:
+    # TensorBoard beside the validation's files (one event file per process: array tasks write at once)
+    board = out.root / "tensorboard"
+    with closing(open_tracker(spec, paths, "validate", main=env.dist_env().is_main, tensorboard=board)) as tracker:
         return _validate(spec, paths, out, points, items, scorers, mine, tracker)
 
 
@@ -607,7 +609,7 @@ def score_snapshot(spec: ExperimentSpec, paths: RunPaths, step: int) -> Validati
             return cached
         log.info("scoring %s of run %s for the search", point.name, paths.root.name)
         items = validation_items(spec)
-        with closing(open_tracker(spec, paths, "validate")) as tracker:
+        with closing(open_tracker(spec, paths, "validate", tensorboard=out.root / "tensorboard")) as tracker:
             return score_point(spec, paths, out, point, items, Scorers(spec, out, heldout_examples(spec)), tracker)
 
 
