@@ -498,3 +498,14 @@ def test_steps_training_never_reaches_and_unknown_fonts_are_refused_at_plan(tmp_
     assert (fine.infer.typeset_font, fine.infer.checkpoint, fine.validate.at_steps) == ("sans", "40", (10, 40))
     unused = load_spec(path, ("infer.typeset=false", "infer.checkpoint=final", "validate.at_steps=[10]"))
     assert unused.infer.typeset_font == "comic"  # read only when covers are typeset
+
+
+def test_the_finished_covers_size_is_checked_with_its_key_and_line(tmp_path: Path) -> None:
+    ok = load_spec(write(tmp_path, "name: t\ninfer:\n  cover_size: [2560, 1600]\n"))
+    assert ok.infer.cover_size == (2560, 1600) and ok.infer.typeset  # finished covers are on by default
+    for value, expect in (("[10, 20]", "each 16 to 12000"), ("[1, 2, 3]", "a list of 2 values"),
+                          ("big", "a list of 2 values"), ("[2560.5, 1600]", "a list of 2 values")):  # fmt: skip
+        message = problems_of(write(tmp_path, f"name: t\ninfer:\n  cover_size: {value}\n"))
+        assert "line 3: infer.cover_size" in message and expect in message, message
+    off = problems_of(write(tmp_path, "name: t\ninfer:\n  typeset: false\n  cover_size: [2560, 1600]\n"))
+    assert "infer.cover_size" in off and "turn infer.typeset on or remove infer.cover_size" in off
