@@ -87,7 +87,7 @@ class MissingGlyph(TypesetError):
 
 
 class ContrastUnreachable(TypesetError):
-    """Text still under the target after its scrim or outline: the cover is refused, never returned below it."""
+    """No place and treatment brings the text to the target: the cover is refused, never returned below it."""
 
 
 def describe_character(character: str) -> str:
@@ -224,16 +224,6 @@ def relative_luminance(colour: RGB) -> float:
 def contrast_ratio(first: float, second: float) -> float:
     """WCAG 2.x contrast of two relative luminances: (lighter + 0.05) / (darker + 0.05)."""
     return (max(first, second) + 0.05) / (min(first, second) + 0.05)
-
-
-def best_colour(darkest: float, lightest: float, colours: Sequence[RGB]) -> tuple[RGB, float, float]:
-    """The colour whose worse contrast against the darkest and lightest background wins; and both contrasts."""
-    scored = []
-    for colour in colours:
-        own = relative_luminance(colour)
-        scored.append((min(contrast_ratio(own, darkest), contrast_ratio(own, lightest)), colour, own))
-    _, colour, own = max(scored, key=lambda item: item[0])
-    return colour, contrast_ratio(own, darkest), contrast_ratio(own, lightest)
 
 
 def hex_colour(colour: RGB) -> str:
@@ -412,15 +402,6 @@ REFERENCE_SIZE = 100  # widths are measured once at this size, then scaled
 LEADING = 1.2  # baseline to baseline, as a multiple of the size
 
 
-def outline_width(size: int) -> int:
-    return max(2, round(size * 0.06))
-
-
-def grow_radius(size: int) -> int:
-    """Pixels around each glyph that count as behind it: the anti-aliased edge and the art touching it."""
-    return max(1, round(size * 0.025))
-
-
 @dataclass(frozen=True)
 class SetText:
     """Lines set in one face and size; coordinates relative to the top-left of the block's ink."""
@@ -486,7 +467,7 @@ def _best_breaks(words: Sequence[tuple[str, str]], lines: int, width_of: Any) ->
 
 
 def fit(text: str, face: str, box: tuple[int, int], max_lines: int, sizes: tuple[int, int], role: str,
-        outline: bool = False, word_space: float = 0.0) -> SetText:  # fmt: skip
+        word_space: float = 0.0) -> SetText:  # fmt: skip
     """``text`` in at most ``max_lines`` lines, as large as fits ``box`` (width, height) within ``sizes``."""
     words, smallest, largest = tokens(text), sizes[0], max(sizes)
     reference = _font(face, REFERENCE_SIZE)
@@ -503,15 +484,14 @@ def fit(text: str, face: str, box: tuple[int, int], max_lines: int, sizes: tuple
     estimates = []
     for count in range(1, min(max_lines, len(words)) + 1):
         lines, widest = _best_breaks(words, count, width_of)
-        stroke_share = 0.12 if outline else 0.0
-        by_width = box[0] / (widest / REFERENCE_SIZE + stroke_share)
-        by_height = box[1] / ((count - 1) * LEADING + 1.15 + stroke_share)
+        by_width = box[0] / (widest / REFERENCE_SIZE)
+        by_height = box[1] / ((count - 1) * LEADING + 1.15)
         estimates.append((min(by_width, by_height, largest), -count, lines))
     best: SetText | None = None
     for estimate, _, lines in sorted(estimates, reverse=True):
         if best is not None and estimate < best.size:
             break
-        candidate = _shrink_to_fit(lines, face, math.floor(estimate), box, smallest, outline, word_space)
+        candidate = _shrink_to_fit(lines, face, math.floor(estimate), box, smallest, word_space)
         if candidate is not None and (best is None or candidate.size > best.size):
             best = candidate
     if best is None:
@@ -520,9 +500,9 @@ def fit(text: str, face: str, box: tuple[int, int], max_lines: int, sizes: tuple
 
 
 def _shrink_to_fit(lines: Sequence[str], face: str, size: int, box: tuple[int, int], smallest: int,
-                   outline: bool, word_space: float) -> SetText | None:  # fmt: skip
+                   word_space: float) -> SetText | None:  # fmt: skip
     while size >= smallest:
-        block = set_lines(lines, face, size, outline_width(size) if outline else 0, word_space)
+        block = set_lines(lines, face, size, 0, word_space)
         if block.width <= box[0] and block.height <= box[1]:
             return block
         scale = min(box[0] / block.width, box[1] / block.height)
@@ -738,8 +718,6 @@ class _Draft:
     role: str
     text: str
     block: SetText
-    sizes: tuple[int, int]
-    max_lines: int
 
 
 @dataclass
@@ -1042,14 +1020,12 @@ def typeset(image: Image.Image, title: str, *, author: str | None = None, genres
                                            options, height)  # fmt: skip
     setter = _Typesetter(canvas, options, margin_px, Attention.of(canvas))
     laid_out = time.perf_counter()
-    title_draft = _Draft("title", title, title_block, _sizes(options, height), options.title_lines)
+    title_draft = _Draft("title", title, title_block)
     title_options = _choose(setter, title_draft, BANDS)
     best: tuple[float, _Attempt, _Typesetter, _Attempt | None] | None = None
     author_draft = None
     if author_block is not None and author:
-        author_draft = _Draft(
-            "author", author, author_block, (author_block.size, author_block.size), options.author_lines
-        )
+        author_draft = _Draft("author", author, author_block)
     seen_bands: set[str] = set()
     for attempt in title_options:
         if attempt.band in seen_bands:  # the cheapest way in each band is enough to pair the author with

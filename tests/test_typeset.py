@@ -67,16 +67,16 @@ def test_luminance_and_contrast_match_hand_computed_wcag_values() -> None:
     assert ts.contrast_ratio(0.3, 0.3) == 1.0
 
 
-def test_best_colour_maximises_the_worse_of_darkest_and_lightest() -> None:
-    red = ts.relative_luminance((255, 0, 0))
-    colour, darkest, lightest = ts.best_colour(red, red, (ts.WHITE, ts.BLACK))
-    assert colour == ts.BLACK  # black on red 5.252, white on red 3.998
-    assert darkest == lightest == pytest.approx((0.2126 + 0.05) / 0.05)
-    colour, darkest, lightest = ts.best_colour(0.0, 0.05, (ts.WHITE, ts.BLACK))  # dark art: white
-    assert colour == ts.WHITE and lightest == pytest.approx(1.05 / 0.10)
-    assert darkest == pytest.approx(21.0)
-    _, darkest, lightest = ts.best_colour(0.0, 1.0, (ts.WHITE, ts.BLACK))  # black and white behind: nothing helps
-    assert min(darkest, lightest) == pytest.approx(1.0)
+def test_measure_picks_the_colour_whose_worst_pixels_read_best() -> None:
+    red = np.full((50, 3), (255, 0, 0), dtype=np.uint8)
+    found = ts.measure(red, (ts.WHITE, ts.BLACK))
+    assert found.colour == ts.BLACK and found.worst5 == pytest.approx((0.2126 + 0.05) / 0.05)  # white: 3.998
+    # mostly dark art with 3% white specks: the worst 1% is a speck (white text fails there), the worst 5% not
+    specks = np.zeros((100, 3), dtype=np.uint8)
+    specks[:3] = 255
+    found = ts.measure(specks, (ts.WHITE, ts.BLACK))
+    assert found.worst1 == pytest.approx(1.0) and found.worst5 == pytest.approx(21.0)
+    assert found.luminance == (0.0, pytest.approx(0.0))
 
 
 # ---------------------------------------------------------------------------------------------- placement
