@@ -112,7 +112,10 @@ class TypesetOptions:
     title_lines: int = 3
     author_lines: int = 2
     title_min: float = 0.028  # smallest legible title: 33 px at 1152 px high (18 pt on a 9-inch-high print)
-    title_max: float = 0.14  # a one-word title stops growing here
+    # a one-word title stops growing here: 6% of the height (154 px of 2560) is as large as machine readers
+    # still read whole; past ~190 px tesseract misreads letters and past ~300 px it loses the line
+    # (docs/PERFORMANCE.md, "Finished covers on any art")
+    title_max: float = 0.06
     author_min: float = 0.018  # 21 px at 1152 px high (12 pt printed)
     author_scale: float = 0.55  # the author at most this fraction of the title's size
     author_min_scale: float = 0.4  # ... and at least this one (the title shrinks to make room)
@@ -661,6 +664,7 @@ def glyph_ring(glyphs: np.ndarray, size: int) -> np.ndarray:
 
 
 MEASURE_SAMPLE = 20_000
+ONE_BIT_MARGIN = 12  # grey levels between the one-bit threshold and the text, and the pixels around it
 
 
 @dataclass(frozen=True)
@@ -686,6 +690,33 @@ def measure(pixels: np.ndarray, colours: Sequence[RGB]) -> Measure:
             best = found
     assert best is not None
     return best
+
+
+def grey(pixels: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma in 0-255 (what a scanner, a fax or a one-bit display reduces colour to)."""
+    values = pixels.reshape(-1, 3).astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return values.reshape(pixels.shape[:-1])
+
+
+def grey_histogram(pixels: np.ndarray) -> np.ndarray:
+    return np.bincount(np.clip(np.rint(grey(pixels)), 0, 255).astype(np.int64).ravel(), minlength=256)
+
+
+def otsu(histogram: np.ndarray) -> float:
+    """The global threshold (Otsu's) of a 256-bin histogram: pixels above it are the light side."""
+    counts = histogram.astype(np.float64)
+    total = counts.sum()
+    if total <= 0:
+        return 127.5
+    levels = np.arange(256, dtype=np.float64)
+    weight = np.cumsum(counts)
+    mass = np.cumsum(counts * levels)
+    below, above = weight[:-1], total - weight[:-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mass[-1] * below / total - mass[:-1]) ** 2 / (below * above)
+    between = np.nan_to_num(between, nan=-1.0)
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))  # between two levels, any cut is as good:
+    return float(best.mean()) + 0.5  # the middle of the gap
 
 
 def _blend(pixels: np.ndarray, towards: RGB | np.ndarray, alpha: np.ndarray | float) -> np.ndarray:
@@ -767,6 +798,23 @@ class _Typesetter:
         self.lettered = lettered
         self.measured: dict[tuple[str, str], tuple[float, float]] = {}  # (role, band): art's detail, salient share
         self.regions = bands(canvas.width, canvas.height, margin_px)
+        self.histogram = grey_histogram(np.asarray(canvas))  # for the cover's global threshold
+
+    def one_bit(self, patch: np.ndarray, box: Box, new_wash: dict[str, Any] | None, text: tuple[float, int]) -> float:
+        """The cover's global (Otsu) threshold with ``patch`` laid over ``box`` (and ``new_wash`` over the art),
+        and ``text`` (its grey level, its pixel count) drawn on it."""
+        if new_wash is not None:
+            towards = BLACK if new_wash["colour"] == hex_colour(BLACK) else WHITE
+            washed = _blend(np.asarray(self.canvas)[::4, ::4], towards, new_wash["alpha"])
+            histogram = grey_histogram(washed) * 16
+        else:
+            histogram = self.histogram
+        under = grey_histogram(np.asarray(self.canvas.crop(box)))
+        if new_wash is not None:
+            under = grey_histogram(_blend(np.asarray(self.canvas.crop(box)), towards, new_wash["alpha"]))
+        lettered = np.clip(histogram - under, 0, None) + grey_histogram(patch)
+        lettered[min(255, max(0, round(text[0])))] += text[1]
+        return otsu(lettered)
 
     def applied(self, attempt: _Attempt) -> _Typesetter:
         """A typesetter for the next text, on a copy of the cover with ``attempt`` drawn."""
@@ -794,19 +842,32 @@ class _Typesetter:
         found: list[_Attempt] = []
 
         def keep(treatment: str, patch: Image.Image, box: Box, record: dict[str, Any] | None, extra: float,
-                 new_wash: dict[str, Any] | None = None) -> None:  # fmt: skip
+                 new_wash: dict[str, Any] | None = None) -> bool:  # fmt: skip
+            """Whether ``patch`` makes the text read; if so, it is one of the found attempts."""
             pixels = np.asarray(patch.crop(_shift(region, (-box[0], -box[1]))))
             after = measure(pixels[ring], options.colours)
             if after.worst1 < options.target_contrast:
-                return
+                return False
+            # the lettering must survive reduction to one bit at the cover's own global threshold (a fax, a
+            # photocopy, an e-ink thumbnail, an OCR engine's binarisation): the text on one side and all but
+            # 1% of the pixels around it on the other, with room for the threshold to move as the rest is set
+            text_grey = float(grey(np.asarray([after.colour], dtype=np.float32))[0])
+            threshold = self.one_bit(np.asarray(patch), box, new_wash, (text_grey, int(glyphs.sum())))
+            around = grey(pixels[ring]) if ring.any() else np.asarray([255.0 - text_grey])
+            if text_grey > threshold:
+                if not text_grey > threshold + ONE_BIT_MARGIN or np.percentile(around, 99) > threshold - ONE_BIT_MARGIN:
+                    return False
+            elif not text_grey < threshold - ONE_BIT_MARGIN or np.percentile(around, 1) < threshold + ONE_BIT_MARGIN:
+                return False
             left_detail = mean_detail(detail_map(Image.fromarray(pixels)), (0, 0, *_box_size(region)))
             if treatment in ("none", "wash") and left_detail > options.calm_detail * 1.5:
-                return  # reads by contrast, but the texture would still stop a reader
+                return False  # reads by contrast, but the texture would still stop a reader
             rank = TREATMENTS.index(treatment) * 0.15
             drawn = patch.copy()
             drawn.paste(after.colour, _shift(region, (-box[0], -box[1])), glyph_mask(block, origin, region))
             found.append(_Attempt(band, origin, treatment, base_cost + rank + extra, after, round(left_detail, 5),
                                   salient, on_face, drawn, box, record, new_wash))  # fmt: skip
+            return True
 
         calm = detail <= options.calm_detail
         if forced == "auto" and calm and self.wash is None:
@@ -879,11 +940,15 @@ class _Typesetter:
         salient_extra = 0.5 * self.attention.share(box)  # the art under the panel (its text is counted already)
         for text in options.colours:
             colour = panel_colour(under, text, options.panel_contrast)
+            towards = BLACK if relative_luminance(text) > 0.5 else WHITE
             strength = 1.0 if detail > options.calm_detail else 0.85
-            patch = Image.fromarray(_blend(art, colour, ramp * strength))
-            record = {"colour": hex_colour(colour), "alpha": strength, "edge": band, "rows": list(solid_rows),
-                      "fade": fade}  # fmt: skip
-            keep("panel", patch, box, record, salient_extra)
+            for deeper in (0.0, 0.25, 0.5, 0.75, 1.0):  # the art's hue as long as the lettering survives one bit
+                shade = _blend(np.asarray([colour]), towards, deeper)[0]
+                patch = Image.fromarray(_blend(art, shade, ramp * strength))
+                record = {"colour": hex_colour(tuple(int(v) for v in shade)), "alpha": strength,  # type: ignore[arg-type]
+                          "edge": band, "rows": list(solid_rows), "fade": fade}  # fmt: skip
+                if keep("panel", patch, box, record, salient_extra):
+                    break
 
 
 def _block_box(block: SetText, origin: tuple[int, int]) -> Box:

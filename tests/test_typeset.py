@@ -162,13 +162,11 @@ ADVERSARIAL = {
 }
 
 
-def ring_contrast(result: ts.TypesetResult, block: ts.TextBlock) -> float:
-    """Independent check of the finished image: the glyphs drawn again with PIL from the layout's words (font,
-    size, positions), then the WCAG contrast of the text's colour against the worst 5% of the finished pixels
-    2 px to 12% of the size around them (dilated with numpy here, not with the typesetter's code)."""
+def glyphs_and_ring(result: ts.TypesetResult, block: ts.TextBlock) -> tuple[np.ndarray, np.ndarray]:
+    """The glyphs drawn again with PIL from the layout's words (font, size, positions), and the ring 2 px to
+    12% of the size around them (dilated with numpy here, not with the typesetter's code)."""
     from PIL import ImageDraw, ImageFont
 
-    pixels = np.asarray(result.image)
     coverage = Image.new("L", result.image.size, 0)
     draw, font = ImageDraw.Draw(coverage), ImageFont.truetype(block.font_file, block.font_size)
     for word, x, y in block.words:
@@ -182,11 +180,59 @@ def ring_contrast(result: ts.TypesetResult, block: ts.TextBlock) -> float:
                 out |= np.roll(np.roll(mask, dy, axis=0), dx, axis=1)
         return out
 
-    ring = dilate(glyphs, max(3, round(block.font_size * 0.12))) & ~dilate(glyphs, 1)
+    return glyphs, dilate(glyphs, max(3, round(block.font_size * 0.12))) & ~dilate(glyphs, 1)
+
+
+def ring_contrast(result: ts.TypesetResult, block: ts.TextBlock) -> float:
+    """Independent check of the finished image: the WCAG contrast of the text's colour against the worst 5%
+    of the finished pixels around its glyphs."""
+    pixels = np.asarray(result.image)
+    _, ring = glyphs_and_ring(result, block)
     colour = tuple(int(block.colour[i : i + 2], 16) for i in (1, 3, 5))
     lum, own = ts.luminance(pixels[ring]), ts.relative_luminance(colour)  # type: ignore[arg-type]
     contrasts = (np.maximum(lum, own) + 0.05) / (np.minimum(lum, own) + 0.05)
     return float(np.percentile(contrasts, 5))
+
+
+def _ramp_down(top: int, bottom: int) -> np.ndarray:
+    rows = np.linspace(top, bottom, SIZE[1])[:, None, None]
+    return np.broadcast_to(rows, (SIZE[1], SIZE[0], 3)).astype(np.uint8)
+
+
+def _split(first: int, second: int) -> np.ndarray:
+    art = flat((first,) * 3)
+    art[SIZE[1] // 2 :] = second
+    return art
+
+
+ONE_BIT_ART = {  # art where a global threshold runs right through where the text would go
+    "white to black": lambda: _ramp_down(255, 0),
+    "black to white": lambda: _ramp_down(0, 255),
+    "grey ramp": lambda: _ramp_down(200, 60),
+    "white over black": lambda: _split(250, 5),
+    "orange photo-like": lambda: (flat((230, 120, 40)) * 0.5 + _ramp_down(255, 0) * 0.5).astype(np.uint8),
+}
+
+
+@pytest.mark.parametrize("name", list(ONE_BIT_ART))
+def test_the_lettering_survives_the_covers_own_one_bit_threshold(name: str) -> None:
+    """A reader that binarises the whole cover at one global threshold (OCR engines, a fax, a photocopy, an
+    e-ink thumbnail) keeps the text: at OpenCV's Otsu threshold of the finished cover's grey, the text's
+    colour is on one side and at least 99% of the pixels right around its glyphs are on the other."""
+    import cv2
+
+    art = Image.fromarray(np.ascontiguousarray(ONE_BIT_ART[name]()))
+    result = ts.typeset(art, "The Weight of Small Things", author="Claire Dubois")
+    grey = cv2.cvtColor(np.asarray(result.image), cv2.COLOR_RGB2GRAY)
+    threshold, _ = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    for block in (result.layout.title, result.layout.author):
+        assert block is not None
+        _, ring = glyphs_and_ring(result, block)
+        colour = np.asarray([[[int(block.colour[i : i + 2], 16) for i in (1, 3, 5)]]], dtype=np.uint8)
+        text_light = int(cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY)[0, 0]) > threshold
+        around_light = grey[ring] > threshold
+        same_side = float(np.mean(around_light == text_light))
+        assert same_side <= 0.01, (block.role, block.treatment, block.band, threshold, same_side)
 
 
 @pytest.mark.parametrize("name", list(ADVERSARIAL))
@@ -276,13 +322,14 @@ def test_the_cover_is_made_at_the_size_asked_for() -> None:
 
 def test_the_author_is_never_smaller_than_its_share_of_the_title() -> None:
     image = Image.fromarray(flat((30, 30, 60)))
-    options = ts.TypesetOptions()
+    options = ts.TypesetOptions(title_max=0.14)  # a short title allowed to grow large, as a user may set it
     for title, author in (("Ice", "Wilhelmina Constance Fitzgerald-Abernathy"), ("Dune", "Frank Herbert")):
-        layout = ts.typeset(image, title, author=author).layout
+        layout = ts.typeset(image, title, author=author, options=options).layout
         assert layout.author is not None
         assert layout.author.font_size >= options.author_min_scale * layout.title.font_size
-    alone = ts.typeset(image, "Ice").layout.title.font_size
-    crowded = ts.typeset(image, "Ice", author="Wilhelmina Constance Fitzgerald-Abernathy of Lower Wessex").layout
+    alone = ts.typeset(image, "Ice", options=options).layout.title.font_size
+    long_author = "Wilhelmina Constance Fitzgerald-Abernathy of Lower Wessex"
+    crowded = ts.typeset(image, "Ice", author=long_author, options=options).layout
     assert crowded.title.font_size < alone  # the title gave up size so the long author line stays large enough
 
 
@@ -454,7 +501,8 @@ def test_a_line_the_first_reader_misses_is_read_again_and_a_line_neither_reads_f
 
     engine, second = ocr_engine(), second_reader()
     art = Image.new("RGB", (896, 1152), (90, 120, 150))
-    result = ts.typeset(art, "Straße Œuvre", author="Zoë Brontë", genres=["thriller"])
+    large = ts.TypesetOptions(title_max=0.14)  # a title on two lines, one per word, each read on its own
+    result = ts.typeset(art, "Straße Œuvre", author="Zoë Brontë", genres=["thriller"], options=large)
     assert result.layout.title.lines == ("Straße", "Œuvre")
     alone = ts.read_back(result, engine, second=None)["title"]
     assert not alone["exact"] and alone["readers"] == ["rapidocr", "rapidocr"]
