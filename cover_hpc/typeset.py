@@ -125,7 +125,10 @@ class TypesetOptions:
     calm_detail: float = 0.035  # texture energy (mean Sobel magnitude) under text above which art counts as busy
     max_wash: float = 0.4  # the strongest wash over the whole art; more would be a grey veil
     treatment: Treatment = "auto"  # what goes under the text: auto (the least that reads), or one forced
-    colours: tuple[RGB, ...] = (WHITE, BLACK)  # text colour candidates; the best contrast wins
+    # text colour candidates: the best contrast wins, the first where two read (a panel of either shade):
+    # dark on light first, as print is; tesseract misread white sans lettering on dark panels in 3-6 of 30
+    # sub-pixel placements, black on light in none (docs/PERFORMANCE.md, "Finished covers on any art")
+    colours: tuple[RGB, ...] = (BLACK, WHITE)
     word_space: float = 0.0  # least space between words, in em; 0 keeps the font's own (0.25-0.33 em)
 
     def __post_init__(self) -> None:
