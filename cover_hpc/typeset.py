@@ -538,6 +538,28 @@ def detail_map(image: Image.Image) -> np.ndarray:
     return np.pad(np.sqrt(gx * gx + gy * gy) / 4.0, 1, mode="edge")
 
 
+BUSY_HEIGHT = 1280  # px: where the busy share is measured (half an ebook cover's height)
+BUSY_DETAIL = 0.1  # a tile's texture energy above this is busy (about 3 x calm_detail)
+BUSY_MAX = 0.35  # a cover with more of its area busy than this gets larger lettering fields
+
+
+def busy_share(image: Image.Image) -> float:
+    """The share of ``image`` that is fine, busy texture: tiles of 1/40 of its height whose mean texture
+    energy, at 1280 px high, is above ``BUSY_DETAIL``. Art busy nearly everywhere (noise, grass,
+    fine stripes, a halftone screen) leaves a page reader nowhere to find the text's lines from: tesseract
+    reads none on covers of fine diagonal stripes until the pattern is under 40% of the cover
+    (docs/PERFORMANCE.md, "Finished covers on any art")."""
+    scale = BUSY_HEIGHT / image.height  # texture per pixel depends on the size: measure at one size
+    small = image.resize((max(1, round(image.width * scale)), BUSY_HEIGHT), Image.Resampling.BILINEAR)
+    detail = detail_map(small)
+    tile = max(2, small.height // 40)
+    rows, cols = detail.shape[0] // tile, detail.shape[1] // tile
+    if not rows or not cols:
+        return 0.0
+    tiles = detail[: rows * tile, : cols * tile].reshape(rows, tile, cols, tile).mean(axis=(1, 3))
+    return float((tiles > BUSY_DETAIL).mean())
+
+
 def mean_detail(detail: np.ndarray, box: Box) -> float:
     left, top, right, bottom = box
     return float(detail[top:bottom, left:right].mean())
@@ -794,8 +816,9 @@ class _Typesetter:
     """One cover's art, what is known of it, and the text set so far."""
 
     def __init__(self, canvas: Image.Image, options: TypesetOptions, margin_px: int, attention: Attention,
-                 wash: dict[str, Any] | None = None, lettered: bool = False) -> None:  # fmt: skip
+                 wash: dict[str, Any] | None = None, lettered: bool = False, grow_px: int = 0) -> None:  # fmt: skip
         self.canvas, self.options, self.margin_px, self.attention = canvas, options, margin_px, attention
+        self.grow_px = grow_px  # how much further than the text's own margin a panel's solid part runs
         self.wash = wash  # the wash over the whole art, once one text has asked for it
         # once a text is drawn, no new wash: it would tint the letters already set (and their contrast)
         self.lettered = lettered
@@ -824,7 +847,8 @@ class _Typesetter:
         canvas = self.canvas.copy()
         attempt.draw_on(canvas)
         wash = attempt.wash or self.wash
-        return _Typesetter(canvas, self.options, self.margin_px, self.attention, wash, lettered=True)
+        return _Typesetter(canvas, self.options, self.margin_px, self.attention, wash, lettered=True,
+                           grow_px=self.grow_px)  # fmt: skip
 
     def attempts(self, draft: _Draft, band: str) -> list[_Attempt]:
         """Every treatment that makes ``draft`` read in ``band``, cheapest (least art hidden) first."""
@@ -927,7 +951,7 @@ class _Typesetter:
         """A full-width panel in from the nearest edge, in the art's palette: solid (or, on calm art, as opaque
         as reads) behind the text and a margin beyond it, then fading into the art."""
         options, (width, height) = self.options, self.canvas.size
-        pad = max(ring_radius(block.size) + 2, round(block.size * 0.45))
+        pad = max(ring_radius(block.size) + 2, round(block.size * 0.45)) + self.grow_px
         fade = max(4, round(block.size * 0.9))
         if band == "top":
             solid_rows = (0, min(height, ink[3] + pad))
@@ -1057,6 +1081,30 @@ def _choose(setter: _Typesetter, draft: _Draft, bands_left: Sequence[str]) -> li
     return found
 
 
+PANEL_GROWTH = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)  # extra solid panel, as a share of the height, tried in turn
+
+
+def _lay_out(setter: _Typesetter, title_draft: _Draft,
+             author_draft: _Draft | None) -> tuple[_Attempt, _Typesetter, _Attempt | None]:  # fmt: skip
+    """The title's and the author's places and treatments, chosen together: the cheapest pair."""
+    best: tuple[float, _Attempt, _Typesetter, _Attempt | None] | None = None
+    seen_bands: set[str] = set()
+    for attempt in _choose(setter, title_draft, BANDS):
+        if attempt.band in seen_bands:  # the cheapest way in each band is enough to pair the author with
+            continue
+        seen_bands.add(attempt.band)
+        after = setter.applied(attempt)
+        candidate: tuple[float, _Attempt, _Typesetter, _Attempt | None] = (attempt.cost, attempt, after, None)
+        if author_draft is not None:
+            left = [band for band in BANDS if band != attempt.band]
+            author_options = _choose(after, author_draft, left)
+            candidate = (attempt.cost + 0.5 * author_options[0].cost, attempt, after, author_options[0])
+        if best is None or candidate[0] < best[0]:
+            best = candidate
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
 def typeset(image: Image.Image, title: str, *, author: str | None = None, genres: Sequence[str] = (),
             font: str | None = None, options: TypesetOptions | None = None,
             size: tuple[int, int] | None = None) -> TypesetResult:  # fmt: skip
@@ -1086,32 +1134,20 @@ def typeset(image: Image.Image, title: str, *, author: str | None = None, genres
     regions = bands(width, height, margin_px)
     title_block, author_block = _fit_texts(title, title_face, author, author_face, _box_size(regions["top"]),
                                            options, height)  # fmt: skip
-    setter = _Typesetter(canvas, options, margin_px, Attention.of(canvas))
+    attention = Attention.of(canvas)
     laid_out = time.perf_counter()
     title_draft = _Draft("title", title, title_block)
-    title_options = _choose(setter, title_draft, BANDS)
-    best: tuple[float, _Attempt, _Typesetter, _Attempt | None] | None = None
-    author_draft = None
-    if author_block is not None and author:
-        author_draft = _Draft("author", author, author_block)
-    seen_bands: set[str] = set()
-    for attempt in title_options:
-        if attempt.band in seen_bands:  # the cheapest way in each band is enough to pair the author with
-            continue
-        seen_bands.add(attempt.band)
-        after = setter.applied(attempt)
-        candidate: tuple[float, _Attempt, _Typesetter, _Attempt | None] = (attempt.cost, attempt, after, None)
-        if author_draft is not None:
-            left = [band for band in BANDS if band != attempt.band]
-            author_options = _choose(after, author_draft, left)
-            candidate = (attempt.cost + 0.5 * author_options[0].cost, attempt, after, author_options[0])
-        if best is None or candidate[0] < best[0]:
-            best = candidate
-    assert best is not None
-    _, chosen, after, author_attempt = best
-    canvas = after.canvas
-    if author_attempt is not None:
-        author_attempt.draw_on(canvas)
+    author_draft = _Draft("author", author, author_block) if author_block is not None and author else None
+    for grow in PANEL_GROWTH:  # on art busy all over, panels grow until enough of the cover is calm
+        setter = _Typesetter(canvas, options, margin_px, attention, grow_px=round(grow * height))
+        chosen, after, author_attempt = _lay_out(setter, title_draft, author_draft)
+        finished = after.canvas.copy()
+        if author_attempt is not None:
+            author_attempt.draw_on(finished)
+        panels = [a for a in (chosen, author_attempt) if a is not None and a.treatment == "panel"]
+        if not panels or busy_share(finished) <= BUSY_MAX:
+            break
+    canvas = finished
 
     def figures(measured: dict[tuple[str, str], tuple[float, float]], role: str, which: int) -> dict[str, float]:
         return {band: values[which] for (own, band), values in measured.items() if own == role}
@@ -1122,7 +1158,6 @@ def typeset(image: Image.Image, title: str, *, author: str | None = None, genres
     if author_attempt is not None and author_draft is not None:
         author_record = _record(author_draft, author_attempt, figures(after.measured, "author", 0),
                                 figures(after.measured, "author", 1))  # fmt: skip
-    attention = setter.attention
     layout = Layout(width, height, margin_px, fonts.role, title_record, author_record, art.size,
                     round(attention.area, 4), attention.faces)  # fmt: skip
     timings = {"layout": (laid_out - started) * 1e3, "render": (time.perf_counter() - laid_out) * 1e3}

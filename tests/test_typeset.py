@@ -654,3 +654,33 @@ def test_a_wash_for_the_author_never_tints_the_title_already_set() -> None:
     assert result.layout.author is not None and result.layout.author.treatment != "wash"
     for block in (result.layout.title, result.layout.author):
         assert ring_contrast(result, block) >= 4.5, (block.role, block.treatment)
+
+
+def _diagonal_stripes(period: int, size: tuple[int, int]) -> np.ndarray:
+    ys, xs = np.mgrid[: size[1], : size[0]]
+    colours = np.asarray([(200, 40, 40), (240, 220, 60), (40, 90, 200)], dtype=np.uint8)
+    return colours[((xs + ys) // period) % len(colours)]
+
+
+def test_art_busy_all_over_gets_lettering_fields_large_enough_for_a_page_reader() -> None:
+    """Fine diagonal stripes over the whole art (what page readers take for a halftone screen, and drop
+    the text beside): the panels grow until at most ``BUSY_MAX`` of the cover is left busy. Measured here
+    by which pixels of the finished cover are still the art's own."""
+    size = (400, 640)
+    art = _diagonal_stripes(3, size)
+    result = ts.typeset(Image.fromarray(art), "The Baker's Daughter", author="Amélie Laurent", size=size)
+    assert result.layout.title.treatment == "panel"
+    kept = np.all(np.asarray(result.image) == art, axis=-1)
+    assert kept.mean() <= ts.BUSY_MAX + 0.02, kept.mean()
+    assert ts.busy_share(result.image) <= ts.BUSY_MAX
+
+
+def test_art_with_a_subject_keeps_its_panels_as_small_as_the_text_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from skimage import data
+
+    art = Image.fromarray(data.astronaut())
+    assert ts.busy_share(ts.resample(art, (400, 640))) < ts.BUSY_MAX
+    grown = ts.typeset(art, "Ashes", author="Mara Quinn", size=(400, 640))
+    monkeypatch.setattr(ts, "PANEL_GROWTH", (0.0,))
+    plain = ts.typeset(art, "Ashes", author="Mara Quinn", size=(400, 640))
+    assert np.array_equal(np.asarray(grown.image), np.asarray(plain.image))
