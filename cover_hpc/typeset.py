@@ -689,6 +689,7 @@ def glyph_ring(glyphs: np.ndarray, size: int) -> np.ndarray:
 
 
 MEASURE_SAMPLE = 20_000
+MIDDLE_COST = 0.3  # what setting a text across the middle costs, against half the salient region under it
 ONE_BIT_MARGIN = 12  # grey levels between the one-bit threshold and the text, and the pixels around it
 
 
@@ -862,8 +863,10 @@ class _Typesetter:
         art = np.asarray(self.canvas.crop(region))
         detail = mean_detail(detail_map(Image.fromarray(art)), (0, 0, *_box_size(region)))
         salient, on_face = self.attention.share(ink), self.attention.on_face(ink)
-        # lettering over the subject, over a face, or across the middle of the art (where subjects usually are)
-        base_cost = 2.0 * salient + (3.0 if on_face else 0.0) + (0.1 if band == "middle" else 0.0)
+        # lettering over the subject, over a face, or across the middle of the art (where subjects usually are,
+        # and where page readers lost plain lettering beside the photo: 0.1 -> 0.3 read 4 more of 60 photo
+        # covers whole, docs/PERFORMANCE.md): the middle is for art whose top and bottom are worse
+        base_cost = 2.0 * salient + (3.0 if on_face else 0.0) + (MIDDLE_COST if band == "middle" else 0.0)
         self.measured[(draft.role, band)] = (round(detail, 5), round(salient, 5))
         forced = options.treatment
         found: list[_Attempt] = []
