@@ -796,9 +796,13 @@ class _Attempt:
 
     def draw_on(self, canvas: Image.Image) -> None:
         if self.wash is not None:
-            towards = BLACK if self.wash["colour"] == hex_colour(BLACK) else WHITE
-            canvas.paste(Image.fromarray(_blend(np.asarray(canvas), towards, self.wash["alpha"])))
+            canvas.paste(Image.fromarray(_blend(np.asarray(canvas), _wash_towards(self.wash), self.wash["alpha"])))
         canvas.paste(self.patch, self.patch_box[:2])
+
+
+def _wash_towards(record: dict[str, Any]) -> RGB:
+    """What a wash record blends the art towards (black or white)."""
+    return BLACK if record["colour"] == hex_colour(BLACK) else WHITE
 
 
 def _place(block: SetText, band: str, box: Box) -> tuple[int, int]:
@@ -830,15 +834,12 @@ class _Typesetter:
     def one_bit(self, patch: np.ndarray, box: Box, new_wash: dict[str, Any] | None, text: tuple[float, int]) -> float:
         """The cover's global (Otsu) threshold with ``patch`` laid over ``box`` (and ``new_wash`` over the art),
         and ``text`` (its grey level, its pixel count) drawn on it."""
-        if new_wash is not None:
-            towards = BLACK if new_wash["colour"] == hex_colour(BLACK) else WHITE
-            washed = _blend(np.asarray(self.canvas)[::4, ::4], towards, new_wash["alpha"])
-            histogram = grey_histogram(washed) * 16
-        else:
-            histogram = self.histogram
-        under = grey_histogram(np.asarray(self.canvas.crop(box)))
-        if new_wash is not None:
-            under = grey_histogram(_blend(np.asarray(self.canvas.crop(box)), towards, new_wash["alpha"]))
+        histogram, under = self.histogram, np.asarray(self.canvas.crop(box))
+        if new_wash is not None:  # the whole art washed: its histogram from a quarter of its pixels each way
+            towards = _wash_towards(new_wash)
+            histogram = grey_histogram(_blend(np.asarray(self.canvas)[::4, ::4], towards, new_wash["alpha"])) * 16
+            under = _blend(under, towards, new_wash["alpha"])
+        under = grey_histogram(under)
         lettered = np.clip(histogram - under, 0, None) + grey_histogram(patch)
         lettered[min(255, max(0, round(text[0])))] += text[1]
         return otsu(lettered)
@@ -1141,16 +1142,27 @@ def typeset(image: Image.Image, title: str, *, author: str | None = None, genres
     laid_out = time.perf_counter()
     title_draft = _Draft("title", title, title_block)
     author_draft = _Draft("author", author, author_block) if author_block is not None and author else None
+    laid: tuple[_Typesetter, _Attempt, _Typesetter, _Attempt | None] | None = None
     for grow in PANEL_GROWTH:  # on art busy all over, panels grow until enough of the cover is calm
-        setter = _Typesetter(canvas, options, margin_px, attention, grow_px=round(grow * height))
-        chosen, after, author_attempt = _lay_out(setter, title_draft, author_draft)
+        try:
+            setter = _Typesetter(canvas, options, margin_px, attention, grow_px=round(grow * height))
+            chosen, after, author_attempt = _lay_out(setter, title_draft, author_draft)
+        except TypesetError:
+            if laid is None:  # no layout at all: the error is the cover's
+                raise
+            break  # larger panels leave no place that reads: the last layout stands
+        laid = (setter, chosen, after, author_attempt)
         finished = after.canvas.copy()
         if author_attempt is not None:
             author_attempt.draw_on(finished)
         panels = [a for a in (chosen, author_attempt) if a is not None and a.treatment == "panel"]
         if not panels or busy_share(finished) <= BUSY_MAX:
             break
-    canvas = finished
+    assert laid is not None
+    setter, chosen, after, author_attempt = laid
+    canvas = after.canvas.copy()
+    if author_attempt is not None:
+        author_attempt.draw_on(canvas)
 
     def figures(measured: dict[tuple[str, str], tuple[float, float]], role: str, which: int) -> dict[str, float]:
         return {band: values[which] for (own, band), values in measured.items() if own == role}
