@@ -102,6 +102,7 @@ Treatment = Literal["auto", "shadow", "wash", "panel"]
 # the letters; a halo around each letter reads to the eye, but machine readers lose the letters in it
 # (docs/PERFORMANCE.md, "Finished covers on any art"), so a shadow is used only where nothing else goes.
 TREATMENTS = ("none", "panel", "wash", "shadow")
+STACKING = ("weak", "always", "never")  # TypesetOptions.stacking
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,6 +131,10 @@ class TypesetOptions:
     # sub-pixel placements, black on light in none (docs/PERFORMANCE.md, "Finished covers on any art")
     colours: tuple[RGB, ...] = (BLACK, WHITE)
     word_space: float = 0.0  # least space between words, in em; 0 keeps the font's own (0.25-0.33 em)
+    # title and author as one group in one band, the author on the art's side: "weak" where either has a line that
+    # page readers take for part of the picture beside it (see weak_line), "always", or "never" (title and
+    # author in separate bands where each reads best)
+    stacking: str = "weak"
 
     def __post_init__(self) -> None:
         problems = [
@@ -146,6 +151,8 @@ class TypesetOptions:
             f"author_min_scale: got {self.author_min_scale}; must be in (0, author_scale]"
             if not 0 < self.author_min_scale <= self.author_scale else "",
             f"word_space: got {self.word_space}; must be 0 or more" if self.word_space < 0 else "",
+            f"stacking: got {self.stacking!r}; must be one of {', '.join(STACKING)}"
+            if self.stacking not in STACKING else "",
         ]  # fmt: skip
         problems = [p for p in problems if p]
         if problems:
@@ -538,26 +545,34 @@ def detail_map(image: Image.Image) -> np.ndarray:
     return np.pad(np.sqrt(gx * gx + gy * gy) / 4.0, 1, mode="edge")
 
 
-BUSY_HEIGHT = 1280  # px: where the busy share is measured (half an ebook cover's height)
-BUSY_DETAIL = 0.1  # a tile's texture energy above this is busy (about 3 x calm_detail)
+BUSY_CHANGES = 0.04  # one-bit changes per pixel (across and down) above which a tile of the cover is busy ...
+BUSY_HEIGHT = 2560  # ... on a cover this high (an ebook's); a cover n times as high is busy at 1/n of that
 BUSY_MAX = 0.35  # a cover with more of its area busy than this gets larger lettering fields
 
 
-def busy_share(image: Image.Image) -> float:
-    """The share of ``image`` that is fine, busy texture: tiles of 1/40 of its height whose mean texture
-    energy, at 1280 px high, is above ``BUSY_DETAIL``. Art busy nearly everywhere (noise, grass,
-    fine stripes, a halftone screen) leaves a page reader nowhere to find the text's lines from: tesseract
-    reads none on covers of fine diagonal stripes until the pattern is under 40% of the cover
-    (docs/PERFORMANCE.md, "Finished covers on any art")."""
-    scale = BUSY_HEIGHT / image.height  # texture per pixel depends on the size: measure at one size
-    small = image.resize((max(1, round(image.width * scale)), BUSY_HEIGHT), Image.Resampling.BILINEAR)
-    detail = detail_map(small)
-    tile = max(2, small.height // 40)
-    rows, cols = detail.shape[0] // tile, detail.shape[1] // tile
+def busy_share(image: Image.Image, text: Sequence[Box] = ()) -> float:
+    """The share of ``image`` that is fine, busy texture as a page reader sees it: reduced to one bit at its own
+    global (Otsu) threshold, tiles of 1/40 of its height where the bit changes more than ``BUSY_CHANGES`` times a
+    pixel (at ``BUSY_HEIGHT``; in proportion at other heights, as a photograph's edges are). Tiles that touch
+    a box in ``text`` (the lettering) do not count. Art busy nearly everywhere (noise,
+    grass, fine stripes, a halftone screen) leaves a page reader nowhere to find the text's lines from:
+    tesseract reads none on covers of fine diagonal stripes until the pattern is under 40% of the cover. At
+    full size, not reduced: 4 px stripes or 16 px noise, which a reduced measure of texture energy took for calm,
+    are what tesseract's halftone finder sees (docs/PERFORMANCE.md, "Finished covers on any art")."""
+    pixels = np.asarray(image)
+    bits = grey(pixels) < otsu(grey_histogram(pixels))
+    changes = np.zeros(bits.shape, dtype=np.float32)
+    changes[:, 1:] += bits[:, 1:] != bits[:, :-1]
+    changes[1:] += bits[1:] != bits[:-1]
+    tile = max(2, image.height // 40)
+    rows, cols = bits.shape[0] // tile, bits.shape[1] // tile
     if not rows or not cols:
         return 0.0
-    tiles = detail[: rows * tile, : cols * tile].reshape(rows, tile, cols, tile).mean(axis=(1, 3))
-    return float((tiles > BUSY_DETAIL).mean())
+    threshold = BUSY_CHANGES * BUSY_HEIGHT / image.height  # the same art at another size: as busy
+    busy = changes[: rows * tile, : cols * tile].reshape(rows, tile, cols, tile).mean(axis=(1, 3)) > threshold
+    for left, top, right, bottom in text:
+        busy[top // tile : -(-bottom // tile), left // tile : -(-right // tile)] = False
+    return float(busy.mean())
 
 
 def mean_detail(detail: np.ndarray, box: Box) -> float:
@@ -805,6 +820,41 @@ def _wash_towards(record: dict[str, Any]) -> RGB:
     return BLACK if record["colour"] == hex_colour(BLACK) else WHITE
 
 
+# A text line that a page reader's layout analysis trusts as text: at least this many letters or digits, its ink at
+# least this many times as wide as high (tesseract's strong text line: 8 blobs and an aspect of 5). Lettering
+# short of either, standing alone beside a picture, is taken for part of the picture and dropped: "Ashes" or
+# "Orbit" on a clean panel, 50-250 px from a photograph, was never read on the whole cover; set next to an author
+# line it read at 30 px from it (docs/PERFORMANCE.md, "Finished covers on any art").
+STRONG_LINE_GLYPHS = 8
+STRONG_LINE_ASPECT = 5.0
+STACK_GAP = 0.45  # em of the title between its ink and that of an author stacked with it
+
+
+def weak_line(block: SetText) -> bool:
+    """Whether any line of ``block`` is short of a strong text line (STRONG_LINE_GLYPHS, STRONG_LINE_ASPECT)."""
+    for line, (left, top, right, bottom) in zip(block.lines, block.line_boxes, strict=True):
+        if sum(character.isalnum() for character in line) < STRONG_LINE_GLYPHS:
+            return True
+        if right - left < STRONG_LINE_ASPECT * (bottom - top):
+            return True
+    return False
+
+
+def stack_origins(title: SetText, author: SetText, band: str,
+                  box: Box) -> tuple[tuple[int, int], tuple[int, int]] | None:  # fmt: skip
+    """The title and the author set as one group in the top or bottom band: the title at the cover's edge, the
+    author on the art's side of it, each centred. None in the middle, or where the group does not fit the band."""
+    left, top, right, bottom = box
+    gap = round(STACK_GAP * title.size)
+    total = title.height + gap + author.height
+    if band == "middle" or total > bottom - top:
+        return None
+    title_x, author_x = left + (right - left - title.width) // 2, left + (right - left - author.width) // 2
+    if band == "top":
+        return (title_x, top), (author_x, top + title.height + gap)
+    return (title_x, bottom - title.height), (author_x, bottom - total)
+
+
 def _place(block: SetText, band: str, box: Box) -> tuple[int, int]:
     """Top-left of the block's ink in its band: at the band's outer edge for top and bottom (where a panel
     from the cover's edge stays short), centred in the middle."""
@@ -852,10 +902,15 @@ class _Typesetter:
         return _Typesetter(canvas, self.options, self.margin_px, self.attention, wash, lettered=True,
                            grow_px=self.grow_px)  # fmt: skip
 
-    def attempts(self, draft: _Draft, band: str) -> list[_Attempt]:
-        """Every treatment that makes ``draft`` read in ``band``, cheapest (least art hidden) first."""
+    def attempts(self, draft: _Draft, band: str, origin: tuple[int, int] | None = None, group: Box | None = None,
+                 panel: bool = True) -> list[_Attempt]:  # fmt: skip
+        """Every treatment that makes ``draft`` read in ``band``, cheapest (least art hidden) first.
+
+        ``origin``: where the text goes (by default, placed in the band); ``group``: the ink box of all the text
+        set together with it, which a panel runs behind; ``panel``: False where a panel would cover text already
+        set (a stacked author goes on the title's panel)."""
         block, options = draft.block, self.options
-        origin = _place(block, band, self.regions[band])
+        origin = origin or _place(block, band, self.regions[band])
         ink = _block_box(block, origin)
         reach = max(ring_radius(block.size) + 2, round(block.size * 0.3))
         region = _region(ink, reach, self.canvas.size)
@@ -909,8 +964,8 @@ class _Typesetter:
             keep("wash", self.canvas.crop(region), region, self.wash, 0.0)
         elif forced in ("auto", "wash") and self.wash is None and not self.lettered and (calm or forced == "wash"):
             self._wash(region, ring, keep)
-        if forced in ("auto", "panel") and band != "middle":  # never a stripe through the middle of the art
-            self._panel(block, ink, band, detail, keep)
+        if forced in ("auto", "panel") and band != "middle" and panel:  # never a stripe through the middle of the art
+            self._panel(block, group or ink, band, detail, keep)
         if forced == "shadow" or (forced == "auto" and not found and detail <= 1.5 * options.calm_detail):
             self._shadow(block, origin, region, glyphs, art, keep)
         return sorted(found, key=lambda attempt: attempt.cost)
@@ -1085,20 +1140,41 @@ def _choose(setter: _Typesetter, draft: _Draft, bands_left: Sequence[str]) -> li
     return found
 
 
-PANEL_GROWTH = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)  # extra solid panel, as a share of the height, tried in turn
+# On art busy all over, each panel's solid part grows (a share of the height added to its margin) by what is left
+# busy past BUSY_MAX, shared among the panels, in steps of GROWTH_STEP, until the panels' growth reaches
+# GROWTH_MAX of the height in all (a stacked title and author have one panel, which may grow to all of it)
+GROWTH_STEP = 0.05
+GROWTH_MAX = 0.5
+
+
+def _next_growth(grow: float, busy: float, panels: int) -> float | None:
+    """The growth of each panel to try after ``grow`` left ``busy`` of the cover busy, or None to stop."""
+    if panels == 0 or busy <= BUSY_MAX or grow * panels >= GROWTH_MAX - 1e-9:
+        return None
+    steps = max(1, math.ceil((busy - BUSY_MAX) / panels / GROWTH_STEP - 1e-9))
+    return min(GROWTH_MAX / panels, grow + steps * GROWTH_STEP)
 
 
 def _lay_out(setter: _Typesetter, title_draft: _Draft,
              author_draft: _Draft | None) -> tuple[_Attempt, _Typesetter, _Attempt | None]:  # fmt: skip
-    """The title's and the author's places and treatments, chosen together: the cheapest pair."""
-    best: tuple[float, _Attempt, _Typesetter, _Attempt | None] | None = None
+    """The title's and the author's places and treatments, chosen together: the cheapest pair. Where either has
+    a weak line (:func:`weak_line`; ``stacking`` "weak"), or always (``stacking`` "always"), the two are set as one
+    group in the top or bottom band, the author on the title's panel, wherever a group reads; apart otherwise."""
+    Candidate = tuple[float, _Attempt, _Typesetter, _Attempt | None]
+    stacking = setter.options.stacking
+    if author_draft is not None and (stacking == "always" or (stacking == "weak" and (
+            weak_line(title_draft.block) or weak_line(author_draft.block)))):  # fmt: skip
+        stacked = _stacked(setter, title_draft, author_draft)
+        if stacked is not None:
+            return stacked[1], stacked[2], stacked[3]
+    best: Candidate | None = None
     seen_bands: set[str] = set()
     for attempt in _choose(setter, title_draft, BANDS):
         if attempt.band in seen_bands:  # the cheapest way in each band is enough to pair the author with
             continue
         seen_bands.add(attempt.band)
         after = setter.applied(attempt)
-        candidate: tuple[float, _Attempt, _Typesetter, _Attempt | None] = (attempt.cost, attempt, after, None)
+        candidate: Candidate = (attempt.cost, attempt, after, None)
         if author_draft is not None:
             left = [band for band in BANDS if band != attempt.band]
             author_options = _choose(after, author_draft, left)
@@ -1107,6 +1183,28 @@ def _lay_out(setter: _Typesetter, title_draft: _Draft,
             best = candidate
     assert best is not None
     return best[1], best[2], best[3]
+
+
+def _stacked(setter: _Typesetter, title_draft: _Draft,
+             author_draft: _Draft) -> tuple[float, _Attempt, _Typesetter, _Attempt] | None:  # fmt: skip
+    """The cheapest way to set the title and the author as one group (:func:`stack_origins`), or None."""
+    best: tuple[float, _Attempt, _Typesetter, _Attempt] | None = None
+    for band in ("top", "bottom"):
+        origins = stack_origins(title_draft.block, author_draft.block, band, setter.regions[band])
+        if origins is None:
+            continue
+        title_box, author_box = _block_box(title_draft.block, origins[0]), _block_box(author_draft.block, origins[1])
+        group = (min(title_box[0], author_box[0]), min(title_box[1], author_box[1]),
+                 max(title_box[2], author_box[2]), max(title_box[3], author_box[3]))  # fmt: skip
+        for attempt in setter.attempts(title_draft, band, origins[0], group):
+            after = setter.applied(attempt)
+            author_options = after.attempts(author_draft, band, origins[1], panel=False)
+            if author_options:
+                cost = attempt.cost + 0.5 * author_options[0].cost
+                if best is None or cost < best[0]:
+                    best = (cost, attempt, after, author_options[0])
+                break
+    return best
 
 
 def typeset(image: Image.Image, title: str, *, author: str | None = None, genres: Sequence[str] = (),
@@ -1143,7 +1241,8 @@ def typeset(image: Image.Image, title: str, *, author: str | None = None, genres
     title_draft = _Draft("title", title, title_block)
     author_draft = _Draft("author", author, author_block) if author_block is not None and author else None
     laid: tuple[_Typesetter, _Attempt, _Typesetter, _Attempt | None] | None = None
-    for grow in PANEL_GROWTH:  # on art busy all over, panels grow until enough of the cover is calm
+    grow: float | None = 0.0
+    while grow is not None:  # on art busy all over, panels grow until enough of the cover is calm
         try:
             setter = _Typesetter(canvas, options, margin_px, attention, grow_px=round(grow * height))
             chosen, after, author_attempt = _lay_out(setter, title_draft, author_draft)
@@ -1156,8 +1255,9 @@ def typeset(image: Image.Image, title: str, *, author: str | None = None, genres
         if author_attempt is not None:
             author_attempt.draw_on(finished)
         panels = [a for a in (chosen, author_attempt) if a is not None and a.treatment == "panel"]
-        if not panels or busy_share(finished) <= BUSY_MAX:
-            break
+        placed = ((title_draft, chosen), (author_draft, author_attempt))
+        lettering = [_block_box(draft.block, a.origin) for draft, a in placed if draft is not None and a is not None]
+        grow = _next_growth(grow, busy_share(finished, lettering) if panels else 0.0, len(panels))
     assert laid is not None
     setter, chosen, after, author_attempt = laid
     canvas = after.canvas.copy()

@@ -91,8 +91,14 @@ def test_title_goes_in_the_calm_band_and_author_in_the_calmer_of_the_rest() -> N
     assert set(layout.author.band_detail) == {"top", "bottom"}
 
     gentle = np.clip(calm.astype(int) + np.random.default_rng(3).integers(-12, 13, calm.shape), 0, 255)
-    layout = ts.typeset(thirds(noise(4), gentle.astype(np.uint8), calm), "Bottom Calm", author="Ben Bell").layout
+    art = thirds(noise(4), gentle.astype(np.uint8), calm)
+    apart = ts.TypesetOptions(stacking="never")
+    layout = ts.typeset(art, "Bottom Calm", author="Ben Bell", options=apart).layout
     assert (layout.title.band, layout.author.band) == ("bottom", "middle")
+    # a short author line ("Ben Bell": 7 letters) goes with the title, between it and the art
+    layout = ts.typeset(art, "Bottom Calm", author="Ben Bell").layout
+    assert layout.author is not None and (layout.title.band, layout.author.band) == ("bottom", "bottom")
+    assert layout.author.box[3] < layout.title.box[1]
 
 
 def test_detail_is_the_mean_sobel_magnitude() -> None:
@@ -672,7 +678,8 @@ def test_art_busy_all_over_gets_lettering_fields_large_enough_for_a_page_reader(
     assert result.layout.title.treatment == "panel"
     kept = np.all(np.asarray(result.image) == art, axis=-1)
     assert kept.mean() <= ts.BUSY_MAX + 0.02, kept.mean()
-    assert ts.busy_share(result.image) <= ts.BUSY_MAX
+    lettering = [block.box for block in (result.layout.title, result.layout.author) if block is not None]
+    assert ts.busy_share(result.image, lettering) <= ts.BUSY_MAX
 
 
 def test_art_with_a_subject_keeps_its_panels_as_small_as_the_text_needs(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -681,6 +688,78 @@ def test_art_with_a_subject_keeps_its_panels_as_small_as_the_text_needs(monkeypa
     art = Image.fromarray(data.astronaut())
     assert ts.busy_share(ts.resample(art, (400, 640))) < ts.BUSY_MAX
     grown = ts.typeset(art, "Ashes", author="Mara Quinn", size=(400, 640))
-    monkeypatch.setattr(ts, "PANEL_GROWTH", (0.0,))
+    monkeypatch.setattr(ts, "GROWTH_MAX", 0.0)
     plain = ts.typeset(art, "Ashes", author="Mara Quinn", size=(400, 640))
     assert np.array_equal(np.asarray(grown.image), np.asarray(plain.image))
+
+
+# ------------------------------------------------------------------------------ what page readers keep
+
+
+def test_a_line_is_weak_when_short_of_eight_letters_or_five_times_its_height() -> None:
+    face = ts.font_set((), "sans").faces[0][0]
+    assert ts.weak_line(ts.set_lines(["Ashes"], face, 100))  # 5 letters
+    assert ts.weak_line(ts.set_lines(["Chen Wei"], face, 100))  # 7
+    assert not ts.weak_line(ts.set_lines(["Mara Quinn"], face, 100))
+    assert ts.weak_line(ts.set_lines(["The Glass Orchard", "Ashes"], face, 100))  # any line
+    assert ts.weak_line(ts.set_lines(["MMMMMMMM"], face, 100)) is False
+    assert ts.weak_line(ts.set_lines(["iiiiiiii"], face, 100))  # 8 letters, but narrower than 5 heights
+
+
+def test_a_weak_line_goes_with_the_other_text_between_it_and_the_art() -> None:
+    from skimage import data
+
+    art = Image.fromarray(data.astronaut())
+    layout = ts.typeset(art, "Ashes", author="Mara Quinn", size=(400, 640)).layout
+    title, author = layout.title, layout.author
+    assert author is not None and title.band == author.band and title.band in ("top", "bottom")
+    if title.band == "top":  # the title at the cover's edge, the author on the art's side of it
+        assert title.box[3] < author.box[1]
+    else:
+        assert author.box[3] < title.box[1]
+    assert title.treatment == "panel" and author.treatment == "none"  # one panel behind both
+    rows = title.treatment_detail["rows"]
+    assert rows[0] <= min(title.box[1], author.box[1]) and max(title.box[3], author.box[3]) <= rows[1]
+    apart = ts.typeset(art, "Ashes", author="Mara Quinn", size=(400, 640),
+                       options=ts.TypesetOptions(stacking="never")).layout  # fmt: skip
+    assert apart.author is not None and apart.author.band != apart.title.band
+    both_strong = ts.typeset(art, "The Glass Orchard", author="Renée Marchetti", size=(400, 640)).layout
+    assert both_strong.author is not None and both_strong.author.band != both_strong.title.band
+    with pytest.raises(ValueError, match="stacking: got 'sometimes'; must be one of weak, always, never"):
+        ts.TypesetOptions(stacking="sometimes")
+
+
+def test_busy_share_sees_fine_patterns_at_full_size_and_photos_alike_at_any_size() -> None:
+    from skimage import data
+
+    stripes = Image.fromarray(_diagonal_stripes(4, (1600, 2560)))
+    assert ts.busy_share(stripes) > 0.95  # the old measure, at 1280 px high, found none of it busy
+    assert ts.busy_share(stripes, [(0, 0, 1600, 1280)]) <= 0.5 + 0.03  # lettering's tiles do not count
+    astronaut = Image.fromarray(data.astronaut())
+    small, large = (ts.busy_share(ts.resample(astronaut, size)) for size in ((400, 640), (1600, 2560)))
+    assert small < ts.BUSY_MAX and large < ts.BUSY_MAX and abs(small - large) < 0.1, (small, large)
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="needs Debian's tesseract (make system-deps)")
+@pytest.mark.parametrize("kind", ["photo", "noise", "stripes"])
+def test_a_page_reader_reads_title_and_author_on_the_whole_cover(kind: str, tmp_path: Path) -> None:
+    """Debian's tesseract with its English model, the whole 1600x2560 cover in one page (not the typesetter's
+    own line-by-line check): a five-letter title beside a photograph, on 16 px colour noise, and on 4 px diagonal
+    stripes, each lost whole before (docs/PERFORMANCE.md, "Finished covers on any art")."""
+    from skimage import data
+
+    size = (1600, 2560)
+    if kind == "photo":
+        art, title, author = Image.fromarray(data.astronaut()), "Ashes", "Mara Quinn"
+    elif kind == "noise":
+        blocks = np.random.default_rng(7).integers(0, 256, (160, 100, 3), dtype=np.uint8)
+        art, title, author = Image.fromarray(blocks).resize(size, Image.Resampling.NEAREST), "Orbit", "K. Nakamura"
+    else:
+        art, title, author = Image.fromarray(_diagonal_stripes(4, size)), "Beneath", "Owen Marsh"
+    result = ts.typeset(art, title, author=author, size=size)
+    path = tmp_path / "cover.png"
+    result.image.save(path)
+    read = subprocess.run(["tesseract", str(path), "stdout", "-l", "eng"], capture_output=True, text=True,
+                          check=True, env={**os.environ, "OMP_THREAD_LIMIT": "1"}).stdout  # fmt: skip
+    read = " ".join(read.split())
+    assert title in read and author in read, read
