@@ -918,6 +918,9 @@ class _Typesetter:
         ring = glyph_ring(glyphs, block.size)
         art = np.asarray(self.canvas.crop(region))
         detail = mean_detail(detail_map(Image.fromarray(art)), (0, 0, *_box_size(region)))
+        if group is not None:  # plain lettering only where the whole group's ground is calm: one panel or none
+            around = np.asarray(self.canvas.crop(_region(group, reach, self.canvas.size)))
+            detail = max(detail, mean_detail(detail_map(Image.fromarray(around)), (0, 0, *around.shape[1::-1])))
         salient, on_face = self.attention.share(ink), self.attention.on_face(ink)
         # lettering over the subject, over a face, or across the middle of the art (where subjects usually are,
         # and where page readers lost plain lettering beside the photo: 0.1 -> 0.3 read 4 more of 60 photo
@@ -966,7 +969,8 @@ class _Typesetter:
             self._wash(region, ring, keep)
         if forced in ("auto", "panel") and band != "middle" and panel:  # never a stripe through the middle of the art
             self._panel(block, group or ink, band, detail, keep)
-        if forced == "shadow" or (forced == "auto" and not found and detail <= 1.5 * options.calm_detail):
+        # (not for a stacked author: a halo beside plain title lettering is what page readers lost most)
+        if forced == "shadow" or (forced == "auto" and not found and panel and detail <= 1.5 * options.calm_detail):
             self._shadow(block, origin, region, glyphs, art, keep)
         return sorted(found, key=lambda attempt: attempt.cost)
 
