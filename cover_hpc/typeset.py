@@ -251,8 +251,10 @@ ROLE_FACES: dict[str, tuple[Faces, ...]] = {
     # first installed pair wins; Debian packages: fonts-urw-base35, fonts-liberation, fonts-dejavu-*
     "serif": (("P052-Bold.otf", "P052-Roman.otf"), ("LiberationSerif-Bold.ttf", "LiberationSerif-Regular.ttf"),
               ("DejaVuSerif-Bold.ttf", "DejaVuSerif.ttf")),
-    "sans": (("LiberationSans-Bold.ttf", "LiberationSans-Regular.ttf"),
-             ("NimbusSans-Bold.otf", "NimbusSans-Regular.otf"), ("DejaVuSans-Bold.ttf", "DejaVuSans.ttf")),
+    # Nimbus Sans first: tesseract read "Chen Wei" in it at 60-120 px, "Chen Wel" in Liberation Sans and DejaVu
+    # Sans at 84-120 (docs/PERFORMANCE.md, "Finished covers on any art")
+    "sans": (("NimbusSans-Bold.otf", "NimbusSans-Regular.otf"),
+             ("LiberationSans-Bold.ttf", "LiberationSans-Regular.ttf"), ("DejaVuSans-Bold.ttf", "DejaVuSans.ttf")),
     "display": (("URWBookman-Demi.otf", "URWBookman-Light.otf"), ("C059-Bold.otf", "C059-Roman.otf"),
                 ("DejaVuSerif-Bold.ttf", "DejaVuSerif.ttf")),
 }  # fmt: skip
