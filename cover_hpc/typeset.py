@@ -22,8 +22,11 @@ No model is involved: :func:`typeset` takes any image. The rules (issues 13 and 
   A treatment counts only if the contrast reaches the target (4.5:1) and the texture left around the
   letters is calm. Never a band through the middle of the art: panels start at the cover's edge.
 - **Choice**: each way that reads is scored by the salient share and faces it covers, the band (the middle
-  costs a little), and how much art it hides; the title and author are chosen together. The record
-  (:class:`Layout`) holds every figure, so a cover can be checked without the typesetter.
+  costs a little), and how much art it hides; the title and author are chosen together. Where either has a
+  line that page readers take for part of the picture beside it (fewer than 8 letters, or under 6.5 times as
+  wide as high), the two are stacked in one band on one panel. On art busy all over (as the cover reduced to
+  one bit shows it), panels grow until at most 20% of the cover is busy. The record (:class:`Layout`) holds
+  every figure, so a cover can be checked without the typesetter.
 - **Type**: faces by genre from Debian's font packages (serif, sans, display), overridable; a character
   that no face of the set or its fallbacks has raises :class:`MissingGlyph`, naming it.
 """
@@ -97,6 +100,7 @@ def describe_character(character: str) -> str:
 # ------------------------------------------------------------------------------------- options and result
 
 Treatment = Literal["auto", "shadow", "wash", "panel"]
+Stacking = Literal["weak", "always", "never"]
 # In the order they are preferred, for machine readers as much as for the eye: a panel is the most
 # reliably read (tesseract reads lettering best on a clean field); a wash leaves the art's texture under
 # the letters; a halo around each letter reads to the eye, but machine readers lose the letters in it
@@ -134,7 +138,7 @@ class TypesetOptions:
     # title and author as one group in one band, the author on the art's side: "weak" where either has a line that
     # page readers take for part of the picture beside it (see weak_line), "always", or "never" (title and
     # author in separate bands where each reads best)
-    stacking: str = "weak"
+    stacking: Stacking = "weak"
 
     def __post_init__(self) -> None:
         problems = [
@@ -1232,7 +1236,9 @@ def typeset(image: Image.Image, title: str, *, author: str | None = None, genres
     every treatment (none on calm art, a shadow, a wash over the whole art, a panel in from the nearest edge)
     that makes the worst 1% of the pixels around the glyphs reach the target contrast on art left calm
     enough to read, is scored by how much of the salient region and of any face it covers and how much art
-    it hides; the cheapest wins, the title first and the author in the best band left.
+    it hides; the cheapest wins, the title first and the author in the best band left, or (``stacking``) the
+    two as one group in the top or bottom band. On art busy all over, the panels then grow (see
+    :func:`busy_share`).
     """
     options = options or TypesetOptions()
     started = time.perf_counter()

@@ -716,14 +716,18 @@ def test_art_with_a_subject_keeps_its_panels_as_small_as_the_text_needs(monkeypa
 # ------------------------------------------------------------------------------ what page readers keep
 
 
-def test_a_line_is_weak_when_short_of_eight_letters_or_five_times_its_height() -> None:
+def test_a_line_is_weak_when_short_of_eight_letters_or_of_its_width_to_height() -> None:
     face = ts.font_set((), "sans").faces[0][0]
+    assert (ts.STRONG_LINE_GLYPHS, ts.STRONG_LINE_ASPECT) == (8, 6.5)
     assert ts.weak_line(ts.set_lines(["Ashes"], face, 100))  # 5 letters
     assert ts.weak_line(ts.set_lines(["Chen Wei"], face, 100))  # 7
     assert not ts.weak_line(ts.set_lines(["Mara Quinn"], face, 100))
     assert ts.weak_line(ts.set_lines(["The Glass Orchard", "Ashes"], face, 100))  # any line
     assert ts.weak_line(ts.set_lines(["MMMMMMMM"], face, 100)) is False
-    assert ts.weak_line(ts.set_lines(["iiiiiiii"], face, 100))  # 8 letters, but narrower than 5 heights
+    assert ts.weak_line(ts.set_lines(["iiiiiiii"], face, 100))  # 8 letters, but narrower than 6.5 heights
+    georgia = ts.set_lines(["Georgia Bell"], face, 100)  # 11 letters, ink about 5.5 heights wide: weak
+    left, top, right, bottom = georgia.line_boxes[0]
+    assert 5 < (right - left) / (bottom - top) < ts.STRONG_LINE_ASPECT and ts.weak_line(georgia)
 
 
 def test_a_weak_line_goes_with_the_other_text_between_it_and_the_art() -> None:
