@@ -159,6 +159,39 @@ def test_cache_writes_are_atomic_under_concurrency(tmp_path: Path) -> None:
     assert not [p for p in (tmp_path / "c").iterdir() if p.name.endswith(".tmp")]
 
 
+def test_images_saved_at_once_to_one_path_all_succeed_and_one_stands_whole(tmp_path: Path) -> None:
+    """Two `cover-hpc typeset` runs onto one output each renamed the same temporary file: one failed with
+    ENOENT. Each writer now has its own temporary file."""
+    from PIL import Image
+
+    from cover_hpc.store.atomic import save_image
+
+    path = tmp_path / "cover.png"
+    colours = [(i * 60, 255 - i * 60, 100) for i in range(4)]
+    errors: list[BaseException] = []
+
+    def writer(colour: tuple[int, int, int]) -> None:
+        try:
+            for _ in range(10):
+                save_image(Image.new("RGB", (300, 200), colour), path)
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(colour,)) for colour in colours]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert [p.name for p in tmp_path.iterdir()] == ["cover.png"]  # no temporary file left
+    with Image.open(path) as saved:
+        assert saved.size == (300, 200) and saved.getpixel((0, 0)) in colours
+        assert len(set(saved.getdata())) == 1  # one writer's image, whole
+    with pytest.raises(ValueError, match="unknown file extension"):
+        save_image(Image.new("RGB", (4, 4)), tmp_path / "cover.nope")
+    assert [p.name for p in tmp_path.iterdir()] == ["cover.png"]
+
+
 def test_dist_env_from_torchrun_slurm_or_nothing() -> None:
     torchrun = dist_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
                          "MASTER_ADDR": "n1", "MASTER_PORT": "1234"})  # fmt: skip

@@ -499,7 +499,8 @@ def track_point(tracker: Tracker, spec: ExperimentSpec, record: ValidationPoint)
     prefix = TRACK_PREFIX.get(record.kind, "val")
     tracker.log({prefix: {k: v for k, v in record.metrics.items() if v is not None}}, record.step)
     if spec.track.images:
-        images = sorted(Path(record.images).glob("*.png"))[: spec.track.images]
+        # not a write a kill interrupted (".<name>.<random>.tmp.png", see store.atomic.save_image)
+        images = sorted(p for p in Path(record.images).glob("*.png") if not p.name.startswith("."))[: spec.track.images]
         tracker.images(f"{prefix}/images", images, record.step)
 
 

@@ -16,10 +16,11 @@ def _umask() -> int:
     return mask
 
 
-def temporary_beside(path: Path) -> tuple[int, str]:
-    """An open temporary file next to ``path`` with ordinary permissions (mkstemp's are 0600)."""
+def temporary_beside(path: Path, suffix: str = "") -> tuple[int, str]:
+    """An open temporary file next to ``path`` with ordinary permissions (mkstemp's are 0600), its name unique
+    (two writers of one path at once each have their own) and ending in ``.tmp`` then ``suffix``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + suffix)
     os.chmod(temporary, 0o666 & ~_umask())
     return handle, temporary
 
@@ -57,7 +58,14 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def save_image(image: Any, path: Path) -> None:
-    """Save a PIL image so that ``path`` exists only once complete (a killed job leaves none)."""
-    temporary = path.with_name(f".{path.name}.tmp{path.suffix}")
-    image.save(temporary)
-    temporary.replace(path)
+    """Save a PIL image so that ``path`` exists only once complete (a killed job leaves none). The temporary
+    file ends in ``path``'s suffix, so PIL picks the format from it as from ``path``; each writer has its own, so
+    two saves of one path at once both succeed, and the last rename wins whole."""
+    handle, temporary = temporary_beside(path, path.suffix)
+    os.close(handle)
+    try:
+        image.save(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
