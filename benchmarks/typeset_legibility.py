@@ -1,11 +1,27 @@
 """Finished covers measured from outside the typesetter (issue 22 item 4): real photographs and busy
-patterns the typesetter was not tuned on, typeset by ``cover_hpc.typeset.typeset``, then read back and
+patterns, typeset by ``cover_hpc.typeset.typeset``, then read back and
 measured with tools of this script's own.
 
-    python benchmarks/typeset_legibility.py [--size 1600x2560] [--limit N] [--workers 2]
-                                            [--json out.json] [--out DIR]
+    python benchmarks/typeset_legibility.py [--set tuned|unseen|both] [--size 1600x2560] [--limit N]
+                                            [--workers 2] [--json out.json] [--out DIR]
 
-The set (104 covers, the same every run: 60 photo crops, 44 patterns):
+Two sets, each measured and reported on its own (``--set both``, the default, runs the two):
+- tuned (104 covers): the set the typesetter's constants were set on, session after session. Its figures
+  say how the typesetter does on art it has been fitted to, not on new art.
+- unseen (103 covers: 60 crops of 12 photographs and scans at 5 new places, 43 new patterns, 48 new
+  books, seed 2027): made after those constants were set and never tuned on. Its figures are the ones
+  that say how the typesetter does on art it has not seen; once a change is made because of its misses
+  it is tuned too, and a new unseen set has to be drawn (docs/PERFORMANCE.md).
+  photos:   scikit-learn's sample photographs (china, flower; scikit-learn comes with the [track]
+            extra's MLflow), scikit-image's coins, moon, page and text (printed text: art that is
+            itself lettering), cell, clock_motion, color, horse and logo (cut-outs, laid on a tinted card),
+            and matplotlib's Jacksboro fault elevation model drawn as a shaded relief map;
+  patterns: noise at new scales, blotches, fine stripes at 15-120 degrees, a pinstripe, a zigzag,
+            halftone screens, polka dots, checkerboards, gradients (conic, plasma), flat colours,
+            splits, pages of body text in columns, a Mondrian, salt and pepper, plaid, wavy lines,
+            concentric squares, brick lines, grid lines, scan lines and a vignette over noise.
+
+The tuned set (the same every run: 60 photo crops, 44 patterns):
   photos:   4 crops at the cover's 2:3 aspect (full height, 85%, 70% and 55% of it, at different
             places) of each real photograph shipped in the installed scikit-image (skimage/data:
             astronaut, chelsea, coffee, rocket, motorcycles, hubble, retina, ihc, camera, brick, grass,
@@ -15,8 +31,8 @@ The set (104 covers, the same every run: 60 photo crops, 44 patterns):
             colours horizontal, vertical and diagonal, checkerboards, linear and radial gradients,
             mid-grey, and nasty ones (half-black/half-white splits, a page of small random letters,
             moire rings), seeded.
-Titles and authors (48, with case, punctuation, digits, apostrophes and é) and genres are cycled over
-the art. é is the only accented letter: Debian's English model (tessdata "fast") reads ñ ö ü ë í á ç è
+Titles and authors (48 in each set, with case, punctuation, digits, apostrophes and é) and genres are
+cycled over the art. é is the only accented letter: Debian's English model (tessdata "fast") reads ñ ö ü ë í á ç è
 û å as the plain letter even in black on white paper (checked in DejaVu Serif and URW Bookman), so
 they would measure the reader, not the typesetter. The art is handed to typeset() at the cover size
 (and ``size=`` is passed too where typeset accepts it). A TypesetError (or any other exception, marked
@@ -70,7 +86,7 @@ from typing import Any
 import cv2
 import numpy as np
 from common import header, table, write_json
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from cover_hpc.typeset import TypesetError, typeset
 
@@ -162,6 +178,7 @@ class Cover:
     title: str
     author: str
     genres: list[str]
+    set: str = "tuned"
 
 
 @dataclass
@@ -307,14 +324,266 @@ def pattern_art(size: tuple[int, int], seed: int = SEED) -> list[tuple[str, Imag
     return [(name, Image.fromarray(np.ascontiguousarray(pixels))) for name, pixels in made]
 
 
-def make_set(size: tuple[int, int], kinds: tuple[str, ...] = ("photo", "pattern")) -> list[Cover]:
-    art = ([("photo", *a) for a in photo_art(size)] if "photo" in kinds else []) + (
-        [("pattern", *a) for a in pattern_art(size)] if "pattern" in kinds else []
+
+# ------------------------------------------------------------------------------------ the unseen set
+# Art, crops and books made after the typesetter's constants were last set (on the set above), and never tuned on:
+# the typesetter's figures on it say how it does on art it has not seen (docs/PERFORMANCE.md).
+
+UNSEEN_PHOTOS = (  # (package, file name, short name): photographs and scans, none of them in PHOTOS
+    ("sklearn", "china.jpg", "china"),
+    ("sklearn", "flower.jpg", "flower"),
+    ("skimage", "coins.png", "coins"),
+    ("skimage", "moon.png", "moon"),
+    ("skimage", "page.png", "page"),
+    ("skimage", "text.png", "text"),
+    ("skimage", "cell.png", "cell"),
+    ("skimage", "clock_motion.png", "clock"),
+    ("skimage", "color.png", "colour_wheel"),
+    ("skimage", "horse.png", "horse"),
+    ("skimage", "logo.png", "logo"),
+    ("matplotlib", "jacksboro_fault_dem.npz", "terrain"),
+)
+UNSEEN_CROPS = ((0.95, 0.2, 0.8), (0.8, 0.6, 0.1), (0.65, 0.05, 0.5), (0.5, 0.9, 0.35), (0.4, 0.4, 0.95))
+UNSEEN_SEED = 2027
+
+UNSEEN_BOOKS: tuple[tuple[str, str, list[str]], ...] = (
+    ("Tide", "Harriet Cole", THRILLER),
+    ("The Orchard Keeper's Wife", "Margaux Durand", ROMANCE),
+    ("Seven Bridges to Nowhere", "Kwame Asante", NONE),
+    ("Project 9", "L. M. Castellanos", SF),
+    ("Don't Look at the Lake", "Ruth Abernathy", THRILLER),
+    ("The Queen of Glass and Ember", "Sienna Blackwood", FANTASY),
+    ("Notes from a Small Kitchen", "Céline Roux", NONE),
+    ("Gravity's Edge", "Anil Mehta", SF),
+    ("Falling for the Duke", "Violet Ashford", ROMANCE),
+    ("Hollow", "Finn Gallagher", THRILLER),
+    ("The Cartographer's Daughter", "Ingrid Solberg", FANTASY),
+    ("Why Cities Breathe", "Prof. Omar Haddad", NONE),
+    ("Station Eleven Below", "Yuki Tanaka", SF),
+    ("A Summer in Provence", "Juliette Morel", ROMANCE),
+    ("The 3 A.M. Call", "Derek Stone", THRILLER),
+    ("Song of the Iron Wolf", "Branwen Hughes", FANTASY),
+    ("Cooking with Fire & Smoke", "Luis Herrera", NONE),
+    ("Echoes of Titan", "Dr. Samira Khan", SF),
+    ("Second Chances", "Holly Bennett", ROMANCE),
+    ("The Night Porter", "Viktor Novak", THRILLER),
+    ("Moss", "Aoife Byrne", FANTASY),
+    ("The Art of Slow Travel", "Pierre Lefebvre", NONE),
+    ("Neon Saints", "Jax Moreno", SF),
+    ("Every Little Thing", "Maya Collins", ROMANCE),
+    ("Blackwater Creek", "Tom Reilly", THRILLER),
+    ("The Last Dragon of Eldmoor", "Cedric Vale", FANTASY),
+    ("A Field Guide to Clouds", "Margaret Lowe", NONE),
+    ("Zero Point", "Ines Carvalho", SF),
+    ("Paris, Again", "Noémie Girard", ROMANCE),
+    ("Cold Case 1971", "Frank Delaney", THRILLER),
+    ("The Witch of Thornbury Hill", "Agnes Pryce", FANTASY),
+    ("How We Learned to Fly", "Samuel Okonjo", NONE),
+    ("Lightyear Drift", "Kai Andersen", SF),
+    ("The Wedding Planner's Secret", "Bella Romano", ROMANCE),
+    ("Vanish", "Erik Lund", THRILLER),
+    ("Keeper of the Northern Flame", "Rowan Ashby", FANTASY),
+    ("Bread, Salt and Stories", "Olga Petrova", NONE),
+    ("The Mars Protocol", "Dr. Ravi Iyer", SF),
+    ("Love in the Time of Rain", "Camille Dupré", ROMANCE),
+    ("Dead Man's Switch", "Connor Walsh", THRILLER),
+    ("The Stone and the Star", "Elowen Tregarth", FANTASY),
+    ("Thinking in Systems, Again", "Julia Brandt", NONE),
+    ("Quantum Hearts", "Leo Fischer", SF),
+    ("The Florist of Rue Cler", "Amandine Martin", ROMANCE),
+    ("Burn", "Nico Santos", THRILLER),
+    ("A Kingdom of Feathers", "Tamsin Greaves", FANTASY),
+    ("The Quiet Year", "Hannah Weiss", NONE),
+    ("Orion's Gate", "Mei Lin", SF),
+)
+
+
+def package_file(package: str, name: str) -> Path:
+    """A data file shipped inside an installed package (scikit-learn's sample images, or photo_path's)."""
+    if package == "sklearn":
+        import sklearn.datasets
+
+        return Path(sklearn.datasets.__file__).parent / "images" / name
+    return photo_path(package, name)
+
+
+def _unseen_photo(package: str, file_name: str) -> Image.Image:
+    path = package_file(package, file_name)
+    if path.suffix == ".npz":  # a digital elevation model, drawn as a shaded relief map
+        import matplotlib
+        from matplotlib.colors import LightSource
+
+        with np.load(path) as data:
+            elevation = data["elevation"].astype(np.float64)
+        shaded = LightSource(azdeg=315, altdeg=45).shade(elevation, cmap=matplotlib.colormaps["gist_earth"],
+                                                          vert_exag=0.05, blend_mode="overlay")  # fmt: skip
+        return Image.fromarray((shaded[..., :3] * 255).round().astype(np.uint8))
+    with Image.open(path) as opened:
+        if opened.mode in ("RGBA", "LA", "P"):  # a cut-out: on a tinted card, as a designer would place it
+            rgba = opened.convert("RGBA")
+            card = Image.new("RGBA", rgba.size, (214, 226, 236, 255))
+            return Image.alpha_composite(card, rgba).convert("RGB")
+        return opened.convert("RGB")
+
+
+def unseen_photo_art(size: tuple[int, int]) -> list[tuple[str, Image.Image]]:
+    art = []
+    for package, file_name, short in UNSEEN_PHOTOS:
+        photo = _unseen_photo(package, file_name)
+        for number, (share, fx, fy) in enumerate(UNSEEN_CROPS):
+            art.append((f"{short}#{number}", crop_portrait(photo, size, share, fx, fy)))
+    return art
+
+
+def _rotated_stripes(size: tuple[int, int], period: float, degrees: float, colours: list[tuple[int, int, int]]) -> np.ndarray:
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width]
+    angle = math.radians(degrees)
+    position = x * math.cos(angle) + y * math.sin(angle)
+    return np.array(colours, np.uint8)[(np.floor(position / period).astype(np.int64)) % len(colours)]
+
+
+def _blurred_noise(rng: np.random.Generator, size: tuple[int, int], radius: float) -> np.ndarray:
+    width, height = size
+    noise = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    smooth = np.asarray(noise.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float64)
+    spread = (smooth - smooth.mean()) / max(1e-6, smooth.std()) * 60 + 128  # blotches at full contrast
+    return np.clip(spread, 0, 255).round().astype(np.uint8)
+
+
+def _dots(size: tuple[int, int], pitch: int, radius: float, ink: tuple[int, int, int],
+          paper: tuple[int, int, int], degrees: float = 0.0) -> np.ndarray:  # fmt: skip
+    """A halftone screen: dots of ``radius`` every ``pitch`` px, the grid turned by ``degrees``."""
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width]
+    angle = math.radians(degrees)
+    u = x * math.cos(angle) + y * math.sin(angle)
+    v = -x * math.sin(angle) + y * math.cos(angle)
+    du, dv = (u % pitch) - pitch / 2, (v % pitch) - pitch / 2
+    inside = (np.hypot(du, dv) <= radius)[..., None]
+    return np.where(inside, np.array(ink, np.uint8), np.array(paper, np.uint8))
+
+
+def _words(rng: np.random.Generator, size: tuple[int, int], font_file: str, scale: int, columns: int,
+           paper: tuple[int, int, int]) -> np.ndarray:  # fmt: skip
+    """A page set in columns of random words: body text, as on a newspaper page used as art."""
+    width, height = size
+    image = Image.new("RGB", size, paper)
+    draw = ImageDraw.Draw(image)
+    font_size = max(10, height // scale)
+    font = ImageFont.truetype(font_file, font_size)
+    gutter = width // 40
+    column_width = (width - gutter * (columns + 1)) // columns
+    syllables = ["ka", "lo", "men", "tra", "si", "on", "de", "ver", "al", "mi", "ru", "sta", "pe", "ne", "gor"]
+    for column in range(columns):
+        left = gutter + column * (column_width + gutter)
+        for top in range(gutter, height - font_size, int(font_size * 1.35)):
+            line, x = [], 0.0
+            while True:
+                word = "".join(syllables[i] for i in rng.integers(0, len(syllables), int(rng.integers(1, 4))))
+                x += draw.textlength(word + " ", font=font)
+                if x > column_width:
+                    break
+                line.append(word)
+            draw.text((left, top), " ".join(line), fill=(30, 30, 30), font=font)
+    return np.asarray(image)
+
+
+def _mondrian(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    width, height = size
+    image = Image.new("RGB", size, (245, 240, 230))
+    draw = ImageDraw.Draw(image)
+    palette = [(220, 30, 30), (20, 60, 160), (250, 210, 20), (245, 240, 230), (245, 240, 230), (20, 20, 20)]
+    for _ in range(60):
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        x1, y1 = x0 + int(rng.integers(width // 12, width // 2)), y0 + int(rng.integers(height // 14, height // 3))
+        draw.rectangle((x0, y0, x1, y1), fill=palette[int(rng.integers(0, len(palette)))], outline=(10, 10, 10),
+                       width=max(4, width // 120))  # fmt: skip
+    return np.asarray(image)
+
+
+def unseen_pattern_art(size: tuple[int, int], seed: int = UNSEEN_SEED) -> list[tuple[str, Image.Image]]:
+    rng = np.random.default_rng(seed)
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width]
+    u, v = x / max(1, width - 1), y / max(1, height - 1)
+    made: list[tuple[str, np.ndarray]] = []
+    for scale in (3, 6, 12, 24):
+        made.append((f"colour noise {scale}px", _upscaled_noise(rng, size, scale, 3)))
+    for scale in (2, 8):
+        made.append((f"grey noise {scale}px", _upscaled_noise(rng, size, scale, 1)))
+    for radius in (3.0, 12.0):
+        made.append((f"blotches r{radius:g}", _blurred_noise(rng, size, radius)))
+    earthy = [(120, 72, 40), (200, 160, 90), (60, 90, 50), (230, 220, 190), (150, 40, 30)]
+    for degrees, period, count in ((30, 3, 5), (60, 4, 3), (15, 5, 7), (75, 2.5, 4), (120, 6, 2), (45, 8, 5)):
+        colours = [SATURATED[(i * 3 + degrees) % len(SATURATED)] for i in range(count)] if count != 5 else earthy
+        made.append((f"stripes {degrees} deg {period:g}px x{count}", _rotated_stripes(size, period, degrees, colours)))
+    made.append(("pinstripe navy", _rotated_stripes(size, 9, 0, [(20, 30, 70)] * 8 + [(230, 230, 240)])))
+    made.append(("zigzag", _stripes(size, 6, "d", [(0, 0, 0), (255, 255, 255)]) * 0
+                 + np.where(((np.abs((x % 40) - 20) + y) // 7 % 2 == 0)[..., None], np.array((240, 90, 20), np.uint8),
+                            np.array((30, 20, 60), np.uint8))))  # fmt: skip
+    made.append(("halftone 6px black", _dots(size, 6, 2.2, (0, 0, 0), (255, 255, 255), 45)))
+    made.append(("halftone 12px magenta", _dots(size, 12, 4.5, (230, 0, 140), (255, 250, 240), 15)))
+    made.append(("polka dots 60px", _dots(size, 60, 18, (250, 250, 250), (200, 30, 60))))
+    made.append(("checker b/w 3px", _checker(size, 3, (0, 0, 0), (255, 255, 255))))
+    made.append(("checker colour 16px", _checker(size, 16, (0, 160, 120), (250, 120, 0))))
+    made.append(("checker grey 128px", _checker(size, 128, (90, 90, 90), (170, 170, 170))))
+    made.append(("gradient across orange to teal", _ramp(u, (255, 140, 0), (0, 128, 128))))
+    made.append(("gradient up navy to cream", _ramp(1 - v, (250, 245, 225), (10, 20, 70))))
+    angle = (np.arctan2(v - 0.5, u - 0.5) + np.pi) / (2 * np.pi)
+    made.append(("conic grey", _ramp(angle, (20, 20, 20), (240, 240, 240))))
+    plasma = np.sin(u * 9) + np.sin(v * 13 + u * 4) + np.sin(np.hypot(u - 0.3, v - 0.7) * 20)
+    made.append(("plasma", _ramp((plasma + 3) / 6, (40, 0, 90), (255, 200, 0))))
+    made.append(("flat navy", np.full((height, width, 3), (18, 28, 64), np.uint8)))
+    made.append(("flat cream", np.full((height, width, 3), (246, 238, 214), np.uint8)))
+    made.append(("split diagonal", np.where((u > v)[..., None], 255, 0).astype(np.uint8).repeat(3, 2)))
+    made.append(("split thirds", _ramp(np.floor(v * 3) / 2, (255, 255, 255), (0, 0, 0))))
+    made.append(("serif page 2 columns", _words(rng, size, "/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf", 70, 2,
+                                                (250, 248, 240))))  # fmt: skip
+    made.append(("sans page 3 columns", _words(rng, size, "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", 110, 3,
+                                               (255, 255, 255))))  # fmt: skip
+    made.append(("large print page", _words(rng, size, "/usr/share/fonts/truetype/liberation/LiberationSerif-Regular.ttf",
+                                            40, 1, (240, 235, 220))))  # fmt: skip
+    made.append(("mondrian", _mondrian(rng, size)))
+    flat = np.full((height, width, 3), (70, 110, 160), np.int64)
+    salt = rng.random((height, width)) < 0.03
+    made.append(("salt and pepper on blue", np.where(salt[..., None], rng.integers(0, 2, (height, width, 1)) * 255,
+                                                     flat).astype(np.uint8)))  # fmt: skip
+    plaid = (_rotated_stripes(size, 11, 0, [(150, 20, 30), (20, 60, 30), (230, 200, 60)]).astype(np.uint16)
+             + _rotated_stripes(size, 7, 90, [(20, 30, 90), (150, 20, 30)])) // 2  # fmt: skip
+    made.append(("plaid 11px x 7px", plaid.astype(np.uint8)))
+    waves = np.sin(u * 60 + np.sin(v * 8) * 3) > 0
+    made.append(("wavy lines", np.where(waves[..., None], np.array((20, 20, 20), np.uint8), np.array((235, 235, 235), np.uint8))))
+    squares = (np.maximum(np.abs(u - 0.5), np.abs(v - 0.5) * height / width) * width // 10) % 2 == 0
+    made.append(("concentric squares", np.where(squares[..., None], np.array((0, 90, 200), np.uint8),
+                                                np.array((255, 255, 255), np.uint8))))  # fmt: skip
+    bricks = ((y // 40) % 2 == 0) & ((x + ((y // 40) % 2) * 40) % 80 < 4) | (y % 40 < 4)
+    made.append(("brick lines", np.where(bricks[..., None], np.array((230, 230, 230), np.uint8),
+                                         np.array((160, 60, 40), np.uint8))))  # fmt: skip
+    noisy = _ramp(u, (20, 20, 60), (250, 250, 250)).astype(int) + rng.integers(-45, 46, (height, width, 3))
+    made.append(("noise over gradient across", np.clip(noisy, 0, 255).astype(np.uint8)))
+    vignette = np.clip(1.3 - 1.6 * np.hypot(u - 0.5, v - 0.5), 0, 1)
+    made.append(("vignette on noise", (_upscaled_noise(rng, size, 2, 1) * vignette[..., None]).astype(np.uint8)))
+    made.append(("grid lines 24px", np.where(((x % 24) < 2) | ((y % 24) < 2), 40, 225).astype(np.uint8)[..., None].repeat(3, 2)))
+    made.append(("scan lines 3px", np.where((y % 3 == 0)[..., None], np.array((10, 40, 10), np.uint8),
+                                            np.array((40, 200, 60), np.uint8))))  # fmt: skip
+    return [(name, Image.fromarray(np.ascontiguousarray(pixels))) for name, pixels in made]
+
+
+SETS = ("tuned", "unseen")
+
+
+def make_set(size: tuple[int, int], kinds: tuple[str, ...] = ("photo", "pattern"), which: str = "tuned") -> list[Cover]:
+    """``which``: "tuned" (the set the typesetter's constants were set on) or "unseen" (art never tuned on)."""
+    photos, patterns, books = ((photo_art, pattern_art, BOOKS) if which == "tuned" else
+                               (unseen_photo_art, unseen_pattern_art, UNSEEN_BOOKS))  # fmt: skip
+    art = ([("photo", *a) for a in photos(size)] if "photo" in kinds else []) + (
+        [("pattern", *a) for a in patterns(size)] if "pattern" in kinds else []
     )
     covers = []
     for index, (kind, name, image) in enumerate(art):
-        title, author, genres = BOOKS[index % len(BOOKS)]
-        covers.append(Cover(index, kind, name, image, title, author, genres))
+        title, author, genres = books[index % len(books)]
+        covers.append(Cover(index, kind, name, image, title, author, genres, which))
     return covers
 
 
@@ -422,7 +691,7 @@ def _crop_box(box: Any, font_size: int, image_size: tuple[int, int]) -> tuple[in
 def typeset_one(cover: Cover, size: tuple[int, int], workdir: Path, pool: ThreadPoolExecutor,
                 out: Path | None = None) -> Pending:  # fmt: skip
     """Typeset one cover, measure contrast and coverage here, and queue its reads on the pool."""
-    record: dict[str, Any] = {"index": cover.index, "kind": cover.kind, "name": cover.name, "title": cover.title,
+    record: dict[str, Any] = {"set": cover.set, "index": cover.index, "kind": cover.kind, "name": cover.name, "title": cover.title,
                               "author": cover.author, "genres": cover.genres}  # fmt: skip
     salient, method = salient_region(cover.art)
     record["salient_method"] = method
@@ -668,34 +937,40 @@ def contact_sheet(records: list[dict[str, Any]], out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default=f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}", help="cover size WxH")
+    parser.add_argument("--set", choices=(*SETS, "both"), default="both",
+                        help="tuned (the art the typesetter was tuned on), unseen (art it never was), or both")
     parser.add_argument("--limit", type=int, default=0, help="the first N covers of each kind only (quick run)")
     parser.add_argument("--workers", type=int, default=2, help="tesseract processes at once")
     parser.add_argument("--json", help="write every per-cover record here")
-    parser.add_argument("--out", help="save the finished covers (and misses.jpg, a contact sheet) here")
+    parser.add_argument("--out", help="save the finished covers (and misses.jpg, a contact sheet) here, a folder a set")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     size = (width, height)
     info = header("Typeset legibility: finished covers read back by tesseract (issue 22 item 4)")
     version = subprocess.run(["tesseract", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     print(f"# reader: {version}, -l eng, default page segmentation; typeset(size=) accepted: {accepts_size()}")
-    covers = make_set(size)
-    if args.limit:
-        covers = [c for c in covers if c.kind == "photo"][: args.limit] + [c for c in covers if c.kind == "pattern"][
-            : args.limit
-        ]
-    out = Path(args.out) if args.out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-    print(f"# covers: {sum(c.kind == 'photo' for c in covers)} photo crops, "
-          f"{sum(c.kind == 'pattern' for c in covers)} patterns, {width}x{height}", flush=True)  # fmt: skip
-    started = time.perf_counter()
-    records = run(covers, size, args.workers, out, progress=True)
-    wall_s = time.perf_counter() - started
-    fig, summary_line = report(records, wall_s)
-    if out:
-        contact_sheet(records, out)
-    write_json(args.json, {**info, "size": [width, height], "figures": fig, "wall_s": wall_s, "records": records})
-    print(f"\n{summary_line}")
+    results: dict[str, Any] = {}
+    summaries = []
+    for which in SETS if args.set == "both" else (args.set,):
+        covers = make_set(size, which=which)
+        if args.limit:
+            covers = [c for c in covers if c.kind == "photo"][: args.limit] + [
+                c for c in covers if c.kind == "pattern"][: args.limit]  # fmt: skip
+        out = Path(args.out) / which if args.out else None
+        if out:
+            out.mkdir(parents=True, exist_ok=True)
+        print(f"\n# set {which}: {sum(c.kind == 'photo' for c in covers)} photo crops, "
+              f"{sum(c.kind == 'pattern' for c in covers)} patterns, {width}x{height}", flush=True)  # fmt: skip
+        started = time.perf_counter()
+        records = run(covers, size, args.workers, out, progress=True)
+        wall_s = time.perf_counter() - started
+        fig, summary_line = report(records, wall_s)
+        if out:
+            contact_sheet(records, out)
+        results[which] = {"figures": fig, "wall_s": wall_s, "records": records}
+        summaries.append(f"{which}: {summary_line}")
+    write_json(args.json, {**info, "size": [width, height], "sets": results})
+    print("\n" + "\n".join(summaries))
 
 
 if __name__ == "__main__":

@@ -103,6 +103,21 @@ def test_set_is_large_and_deterministic(bench: ModuleType) -> None:
     ] == [True] * len(patterns)
 
 
+
+def test_unseen_set_is_new_art(bench: ModuleType) -> None:
+    """The unseen set: at least 100 covers, none of its photographs, patterns or books in the tuned set."""
+    size = (160, 256)
+    unseen, tuned = bench.make_set(size, which="unseen"), bench.make_set(size)
+    photos = [c for c in unseen if c.kind == "photo"]
+    assert len(unseen) >= 100 and len(photos) >= 60 and len(unseen) - len(photos) >= 40
+    assert all(c.art.size == size and c.art.mode == "RGB" and c.set == "unseen" for c in unseen)
+    assert not {p[1] for p in bench.UNSEEN_PHOTOS} & {p[1] for p in bench.PHOTOS}
+    assert not {c.title for c in unseen} & {c.title for c in tuned}
+    seen_art = {np.asarray(c.art).tobytes() for c in tuned}
+    assert not [c.name for c in unseen if np.asarray(c.art).tobytes() in seen_art]
+    assert len({c.name for c in unseen}) == len(unseen)
+
+
 def test_four_covers_end_to_end(bench: ModuleType, tmp_path: Path) -> None:
     size = (640, 960)
     covers = bench.make_set(size)
