@@ -324,7 +324,6 @@ def pattern_art(size: tuple[int, int], seed: int = SEED) -> list[tuple[str, Imag
     return [(name, Image.fromarray(np.ascontiguousarray(pixels))) for name, pixels in made]
 
 
-
 # ------------------------------------------------------------------------------------ the unseen set
 # Art, crops and books made after the typesetter's constants were last set (on the set above), and never tuned on:
 # the typesetter's figures on it say how it does on art it has not seen (docs/PERFORMANCE.md).
@@ -435,7 +434,9 @@ def unseen_photo_art(size: tuple[int, int]) -> list[tuple[str, Image.Image]]:
     return art
 
 
-def _rotated_stripes(size: tuple[int, int], period: float, degrees: float, colours: list[tuple[int, int, int]]) -> np.ndarray:
+def _rotated_stripes(
+    size: tuple[int, int], period: float, degrees: float, colours: list[tuple[int, int, int]]
+) -> np.ndarray:
     width, height = size
     y, x = np.mgrid[0:height, 0:width]
     angle = math.radians(degrees)
@@ -519,9 +520,8 @@ def unseen_pattern_art(size: tuple[int, int], seed: int = UNSEEN_SEED) -> list[t
         colours = [SATURATED[(i * 3 + degrees) % len(SATURATED)] for i in range(count)] if count != 5 else earthy
         made.append((f"stripes {degrees} deg {period:g}px x{count}", _rotated_stripes(size, period, degrees, colours)))
     made.append(("pinstripe navy", _rotated_stripes(size, 9, 0, [(20, 30, 70)] * 8 + [(230, 230, 240)])))
-    made.append(("zigzag", _stripes(size, 6, "d", [(0, 0, 0), (255, 255, 255)]) * 0
-                 + np.where(((np.abs((x % 40) - 20) + y) // 7 % 2 == 0)[..., None], np.array((240, 90, 20), np.uint8),
-                            np.array((30, 20, 60), np.uint8))))  # fmt: skip
+    chevrons = ((np.abs((x % 40) - 20) + y) // 7 % 2 == 0)[..., None]
+    made.append(("zigzag", np.where(chevrons, np.array((240, 90, 20), np.uint8), np.array((30, 20, 60), np.uint8))))
     made.append(("halftone 6px black", _dots(size, 6, 2.2, (0, 0, 0), (255, 255, 255), 45)))
     made.append(("halftone 12px magenta", _dots(size, 12, 4.5, (230, 0, 140), (255, 250, 240), 15)))
     made.append(("polka dots 60px", _dots(size, 60, 18, (250, 250, 250), (200, 30, 60))))
@@ -542,8 +542,8 @@ def unseen_pattern_art(size: tuple[int, int], seed: int = UNSEEN_SEED) -> list[t
                                                 (250, 248, 240))))  # fmt: skip
     made.append(("sans page 3 columns", _words(rng, size, "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", 110, 3,
                                                (255, 255, 255))))  # fmt: skip
-    made.append(("large print page", _words(rng, size, "/usr/share/fonts/truetype/liberation/LiberationSerif-Regular.ttf",
-                                            40, 1, (240, 235, 220))))  # fmt: skip
+    liberation_serif = "/usr/share/fonts/truetype/liberation/LiberationSerif-Regular.ttf"
+    made.append(("large print page", _words(rng, size, liberation_serif, 40, 1, (240, 235, 220))))
     made.append(("mondrian", _mondrian(rng, size)))
     flat = np.full((height, width, 3), (70, 110, 160), np.int64)
     salt = rng.random((height, width)) < 0.03
@@ -553,7 +553,12 @@ def unseen_pattern_art(size: tuple[int, int], seed: int = UNSEEN_SEED) -> list[t
              + _rotated_stripes(size, 7, 90, [(20, 30, 90), (150, 20, 30)])) // 2  # fmt: skip
     made.append(("plaid 11px x 7px", plaid.astype(np.uint8)))
     waves = np.sin(u * 60 + np.sin(v * 8) * 3) > 0
-    made.append(("wavy lines", np.where(waves[..., None], np.array((20, 20, 20), np.uint8), np.array((235, 235, 235), np.uint8))))
+    made.append(
+        (
+            "wavy lines",
+            np.where(waves[..., None], np.array((20, 20, 20), np.uint8), np.array((235, 235, 235), np.uint8)),
+        )
+    )
     squares = (np.maximum(np.abs(u - 0.5), np.abs(v - 0.5) * height / width) * width // 10) % 2 == 0
     made.append(("concentric squares", np.where(squares[..., None], np.array((0, 90, 200), np.uint8),
                                                 np.array((255, 255, 255), np.uint8))))  # fmt: skip
@@ -564,7 +569,9 @@ def unseen_pattern_art(size: tuple[int, int], seed: int = UNSEEN_SEED) -> list[t
     made.append(("noise over gradient across", np.clip(noisy, 0, 255).astype(np.uint8)))
     vignette = np.clip(1.3 - 1.6 * np.hypot(u - 0.5, v - 0.5), 0, 1)
     made.append(("vignette on noise", (_upscaled_noise(rng, size, 2, 1) * vignette[..., None]).astype(np.uint8)))
-    made.append(("grid lines 24px", np.where(((x % 24) < 2) | ((y % 24) < 2), 40, 225).astype(np.uint8)[..., None].repeat(3, 2)))
+    made.append(
+        ("grid lines 24px", np.where(((x % 24) < 2) | ((y % 24) < 2), 40, 225).astype(np.uint8)[..., None].repeat(3, 2))
+    )
     made.append(("scan lines 3px", np.where((y % 3 == 0)[..., None], np.array((10, 40, 10), np.uint8),
                                             np.array((40, 200, 60), np.uint8))))  # fmt: skip
     return [(name, Image.fromarray(np.ascontiguousarray(pixels))) for name, pixels in made]
@@ -691,8 +698,8 @@ def _crop_box(box: Any, font_size: int, image_size: tuple[int, int]) -> tuple[in
 def typeset_one(cover: Cover, size: tuple[int, int], workdir: Path, pool: ThreadPoolExecutor,
                 out: Path | None = None) -> Pending:  # fmt: skip
     """Typeset one cover, measure contrast and coverage here, and queue its reads on the pool."""
-    record: dict[str, Any] = {"set": cover.set, "index": cover.index, "kind": cover.kind, "name": cover.name, "title": cover.title,
-                              "author": cover.author, "genres": cover.genres}  # fmt: skip
+    record: dict[str, Any] = {"set": cover.set, "index": cover.index, "kind": cover.kind, "name": cover.name,
+                              "title": cover.title, "author": cover.author, "genres": cover.genres}  # fmt: skip
     salient, method = salient_region(cover.art)
     record["salient_method"] = method
     record["salient_share_of_cover"] = round(float(salient.mean()), 4)
@@ -937,8 +944,12 @@ def contact_sheet(records: list[dict[str, Any]], out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default=f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}", help="cover size WxH")
-    parser.add_argument("--set", choices=(*SETS, "both"), default="both",
-                        help="tuned (the art the typesetter was tuned on), unseen (art it never was), or both")
+    parser.add_argument(
+        "--set",
+        choices=(*SETS, "both"),
+        default="both",
+        help="tuned (the art the typesetter was tuned on), unseen (art it never was), or both",
+    )
     parser.add_argument("--limit", type=int, default=0, help="the first N covers of each kind only (quick run)")
     parser.add_argument("--workers", type=int, default=2, help="tesseract processes at once")
     parser.add_argument("--json", help="write every per-cover record here")

@@ -103,7 +103,6 @@ def test_set_is_large_and_deterministic(bench: ModuleType) -> None:
     ] == [True] * len(patterns)
 
 
-
 def test_unseen_set_is_new_art(bench: ModuleType) -> None:
     """The unseen set: at least 100 covers, none of its photographs, patterns or books in the tuned set."""
     size = (160, 256)
