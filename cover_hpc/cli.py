@@ -818,7 +818,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe is found here, not in the interpreter's flush at exit
+        return status
     except SpecError as error:
         print(f"cover-hpc: {error}", file=sys.stderr)
         return 2
@@ -828,6 +830,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Busy as error:  # another process works on the same experiment or run
         print(f"cover-hpc: {error}; wait for it to finish, or stop it, then run this again", file=sys.stderr)
         return 3
+    except BrokenPipeError:  # the reader of our output went away (`cover-hpc keys | head`): stop quietly
+        # the rest of what is printed, and the interpreter's flush at exit, go nowhere instead of raising again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a command ended by SIGPIPE
 
 
 if __name__ == "__main__":

@@ -150,3 +150,15 @@ def test_hostile_specs_are_refused_without_traceback(tmp_path: Path) -> None:
     result = cover_hpc("plan", "configs/demo.yaml", "slurm.partition=gpu\nsrun id")
     assert result.returncode == 2
     assert "slurm.partition (set on the command line): got 'gpu\\nsrun id'; remove the control" in result.stderr
+
+
+def test_output_piped_into_a_reader_that_stops_early() -> None:
+    """`cover-hpc keys | head -0`: the reader has closed the pipe before anything is written; no traceback,
+    SIGPIPE's status."""
+    process = subprocess.Popen([sys.executable, "-m", "cover_hpc.cli", "keys"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert process.stdout is not None
+    process.stdout.close()  # as head does once it has its lines
+    _, stderr = process.communicate(timeout=120)
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    assert process.returncode == 141
