@@ -747,6 +747,11 @@ def grey(pixels: np.ndarray) -> np.ndarray:
     return values.reshape(pixels.shape[:-1])
 
 
+def _channel_histograms(pixels: np.ndarray) -> np.ndarray:
+    """The 256-bin histogram of each of the three channels, (3, 256)."""
+    return np.stack([np.bincount(pixels[..., c].ravel(), minlength=256)[:256] for c in range(3)]).astype(np.int64)
+
+
 def grey_histogram(pixels: np.ndarray) -> np.ndarray:
     return np.bincount(np.clip(np.rint(grey(pixels)), 0, 255).astype(np.int64).ravel(), minlength=256)
 
@@ -766,6 +771,67 @@ def otsu(histogram: np.ndarray) -> float:
     between = np.nan_to_num(between, nan=-1.0)
     best = np.flatnonzero(between >= between.max() * (1 - 1e-9))  # between two levels, any cut is as good:
     return float(best.mean()) + 0.5  # the middle of the gap
+
+
+def minority_threshold(histogram: np.ndarray) -> tuple[float, int]:
+    """One channel's threshold and which side of it a page reader takes for ink, as tesseract's binariser
+    does (``src/ccstruct/otsuthr.cpp``): Otsu's threshold ``t`` (the middle of the run of equal bests: where
+    two levels are far apart, any cut between them splits the pixels alike); the side holding under a quarter
+    of the pixels is ink (1: at or below t, 0: above t), -1 where neither side is under a quarter (the
+    channel says nothing)."""
+    counts = histogram.astype(np.float64)
+    total = counts.sum()
+    levels = np.arange(256, dtype=np.float64)
+    below = np.cumsum(counts)[:-1]
+    mass = np.cumsum(counts * levels)[:-1]
+    above = total - below
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = ((mass[-1] + counts[-1] * 255 - mass) / above - mass / below) ** 2 * below * above
+    between = np.where((below > 0) & (above > 0), np.nan_to_num(between, nan=-1.0), -1.0)
+    if total <= 0 or between.max() < 0:
+        return 127.0, -1
+    first = int(np.argmax(between))  # tesseract keeps the first of equal bests; no pixel lies between it and
+    last = first  # the last of the run of equal bests after it, so any cut in the run splits them alike: its
+    while last + 1 < len(between) and between[last + 1] >= between[first] * (1 - 1e-9):  # middle is the
+        last += 1  # cut the margins are kept from (the threshold may move that far as more is set)
+    t = (first + last) / 2
+    if below[first] > total * 0.75:
+        return t, 0
+    if below[first] < total * 0.25:
+        return t, 1
+    return t, -1
+
+
+def reader_ink(pixels: np.ndarray, thresholds: Sequence[tuple[float, int]], margin: float = 0.0) -> np.ndarray:
+    """Which of ``pixels`` (..., 3) a per-channel binariser marks as ink: any channel that says anything puts
+    it on its ink side (by more than ``margin`` where margin > 0; within ``margin`` of a threshold counts
+    as ink when ``margin`` < 0, the doubtful case)."""
+    ink = np.zeros(pixels.shape[:-1], dtype=bool)
+    for channel, (t, side) in enumerate(thresholds):
+        values = pixels[..., channel].astype(np.float64)
+        if side == 0:
+            ink |= values > t + margin
+        elif side == 1:
+            ink |= values <= t - margin
+    return ink
+
+
+def reader_thresholds(histograms: np.ndarray) -> list[tuple[float, int]]:
+    """:func:`minority_threshold` of each channel; where no channel says anything, the one whose smaller side
+    is the smallest speaks, as in tesseract."""
+    found = [minority_threshold(h) for h in histograms]
+    if all(side < 0 for _, side in found):
+        best, best_side, best_gap = 0, 1, -1.0
+        for channel, histogram in enumerate(histograms):
+            t, _ = found[channel]
+            below = float(histogram[: int(t) + 1].sum())
+            total = float(histogram.sum())
+            side = 1 if below < total * 0.5 else 0
+            gap = total - below if side else below
+            if gap > best_gap:
+                best, best_side, best_gap = channel, side, gap
+        found[best] = (found[best][0], best_side)
+    return found
 
 
 def _blend(pixels: np.ndarray, towards: RGB | np.ndarray, alpha: np.ndarray | float) -> np.ndarray:
@@ -880,8 +946,10 @@ class _Typesetter:
     """One cover's art, what is known of it, and the text set so far."""
 
     def __init__(self, canvas: Image.Image, options: TypesetOptions, margin_px: int, attention: Attention,
-                 wash: dict[str, Any] | None = None, lettered: bool = False, grow_px: int = 0) -> None:  # fmt: skip
+                 wash: dict[str, Any] | None = None, lettered: bool = False, grow_px: int = 0,
+                 reader_check: bool = True) -> None:  # fmt: skip
         self.canvas, self.options, self.margin_px, self.attention = canvas, options, margin_px, attention
+        self.reader_check = reader_check  # hold each text to a page reader's per-channel binarisation too
         self.grow_px = grow_px  # how much further than the text's own margin a panel's solid part runs
         self.wash = wash  # the wash over the whole art, once one text has asked for it
         # once a text is drawn, no new wash: it would tint the letters already set (and their contrast)
@@ -889,6 +957,7 @@ class _Typesetter:
         self.measured: dict[tuple[str, str], tuple[float, float]] = {}  # (role, band): art's detail, salient share
         self.regions = bands(canvas.width, canvas.height, margin_px)
         self.histogram = grey_histogram(np.asarray(canvas))  # for the cover's global threshold
+        self._channel_counts: np.ndarray | None = None  # for a page reader's, per channel (when first asked)
 
     def one_bit(self, patch: np.ndarray, box: Box, new_wash: dict[str, Any] | None, text: tuple[float, int]) -> float:
         """The cover's global (Otsu) threshold with ``patch`` laid over ``box`` (and ``new_wash`` over the art),
@@ -903,13 +972,29 @@ class _Typesetter:
         lettered[min(255, max(0, round(text[0])))] += text[1]
         return otsu(lettered)
 
+    def reader_bits(self, patch: np.ndarray, box: Box, new_wash: dict[str, Any] | None,
+                    text: tuple[RGB, int]) -> list[tuple[float, int]]:  # fmt: skip
+        """A page reader's per-channel thresholds (:func:`reader_thresholds`) of the cover with ``patch`` laid
+        over ``box`` (and ``new_wash`` over the art), and ``text`` (its colour, its pixel count) drawn on it."""
+        if self._channel_counts is None:
+            self._channel_counts = _channel_histograms(np.asarray(self.canvas))
+        histograms, under = self._channel_counts, np.asarray(self.canvas.crop(box))
+        if new_wash is not None:
+            towards = _wash_towards(new_wash)
+            histograms = _channel_histograms(_blend(np.asarray(self.canvas)[::4, ::4], towards, new_wash["alpha"])) * 16
+            under = _blend(under, towards, new_wash["alpha"])
+        lettered = np.clip(histograms - _channel_histograms(under), 0, None) + _channel_histograms(patch)
+        for channel in range(3):
+            lettered[channel, text[0][channel]] += text[1]
+        return reader_thresholds(lettered)
+
     def applied(self, attempt: _Attempt) -> _Typesetter:
         """A typesetter for the next text, on a copy of the cover with ``attempt`` drawn."""
         canvas = self.canvas.copy()
         attempt.draw_on(canvas)
         wash = attempt.wash or self.wash
         return _Typesetter(canvas, self.options, self.margin_px, self.attention, wash, lettered=True,
-                           grow_px=self.grow_px)  # fmt: skip
+                           grow_px=self.grow_px, reader_check=self.reader_check)  # fmt: skip
 
     def attempts(self, draft: _Draft, band: str, origin: tuple[int, int] | None = None, group: Box | None = None,
                  panel: bool = True) -> list[_Attempt]:  # fmt: skip
@@ -957,6 +1042,14 @@ class _Typesetter:
                     return False
             elif not text_grey < threshold - ONE_BIT_MARGIN or np.percentile(around, 1) < threshold + ONE_BIT_MARGIN:
                 return False
+            if self.reader_check:
+                # and at a page reader's: each channel thresholded on its own, its smaller side taken for ink (on a
+                # cover mostly low in blue, a light panel is the blue channel's ink, and black text on it its paper)
+                bits = self.reader_bits(np.asarray(patch), box, new_wash, (after.colour, int(glyphs.sum())))
+                text_ink = reader_ink(np.asarray([after.colour]), bits, ONE_BIT_MARGIN)[0]
+                ring_ink = reader_ink(pixels[ring], bits, -ONE_BIT_MARGIN) if ring.any() else np.zeros(1, bool)
+                if not text_ink or ring_ink.mean() > 0.01:
+                    return False
             left_detail = mean_detail(detail_map(Image.fromarray(pixels)), (0, 0, *_box_size(region)))
             if treatment in ("none", "wash") and left_detail > options.calm_detail * 1.5:
                 return False  # reads by contrast, but the texture would still stop a reader
@@ -1260,11 +1353,16 @@ def typeset(image: Image.Image, title: str, *, author: str | None = None, genres
     author_draft = _Draft("author", author, author_block) if author_block is not None and author else None
     laid: tuple[_Typesetter, _Attempt, _Typesetter, _Attempt | None] | None = None
     grow: float | None = 0.0
+    reader_check = True  # off only where no layout at all survives a page reader's per-channel binarisation
     while grow is not None:  # on art busy all over, panels grow until enough of the cover is calm
         try:
-            setter = _Typesetter(canvas, options, margin_px, attention, grow_px=round(grow * height))
+            setter = _Typesetter(canvas, options, margin_px, attention, grow_px=round(grow * height),
+                                 reader_check=reader_check)  # fmt: skip
             chosen, after, author_attempt = _lay_out(setter, title_draft, author_draft)
         except TypesetError:
+            if laid is None and reader_check:
+                reader_check = False
+                continue
             if laid is None:  # no layout at all: the error is the cover's
                 raise
             break  # larger panels leave no place that reads: the last layout stands
