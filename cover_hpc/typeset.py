@@ -201,6 +201,10 @@ class Layout:
     art_size: tuple[int, int]  # the art as given (width, height); resampled once to (width, height) if different
     salient_area: float  # share of the cover that the saliency map and face finder mark as subject
     faces: tuple[Box, ...]
+    # whether every text is ink, and the pixels around it paper, when a page reader cuts each colour channel at
+    # the cover's own threshold (tesseract's binarisation); False where no place passed and the layout was
+    # chosen without that check (the cover reads to the eye, a page reader may lose it)
+    page_reader_binarised: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -1328,10 +1332,11 @@ def typeset(image: Image.Image, title: str, *, author: str | None = None, genres
     Where each text goes and what goes under it is chosen together: every band (top, middle, bottom) and
     every treatment (none on calm art, a shadow, a wash over the whole art, a panel in from the nearest edge)
     that makes the worst 1% of the pixels around the glyphs reach the target contrast on art left calm
-    enough to read, is scored by how much of the salient region and of any face it covers and how much art
-    it hides; the cheapest wins, the title first and the author in the best band left, or (``stacking``) the
-    two as one group in the top or bottom band. On art busy all over, the panels then grow (see
-    :func:`busy_share`).
+    enough to read, and keeps the text and the pixels around it apart when the cover is reduced to one bit
+    (in grey, and as a page reader does it, channel by channel: ``Layout.page_reader_binarised``), is
+    scored by how much of the salient region and of any face it covers and how much art it hides; the
+    cheapest wins, the title first and the author in the best band left, or (``stacking``) the two as one
+    group in the top or bottom band. On art busy all over, the panels then grow (see :func:`busy_share`).
     """
     options = options or TypesetOptions()
     started = time.perf_counter()
@@ -1390,7 +1395,7 @@ def typeset(image: Image.Image, title: str, *, author: str | None = None, genres
         author_record = _record(author_draft, author_attempt, figures(after.measured, "author", 0),
                                 figures(after.measured, "author", 1))  # fmt: skip
     layout = Layout(width, height, margin_px, fonts.role, title_record, author_record, art.size,
-                    round(attention.area, 4), attention.faces)  # fmt: skip
+                    round(attention.area, 4), attention.faces, setter.reader_check)  # fmt: skip
     timings = {"layout": (laid_out - started) * 1e3, "render": (time.perf_counter() - laid_out) * 1e3}
     return TypesetResult(canvas, layout, timings)
 

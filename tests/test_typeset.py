@@ -824,3 +824,16 @@ def test_a_page_reader_reads_title_and_author_on_the_whole_cover(kind: str, tmp_
                           check=True, env={**os.environ, "OMP_THREAD_LIMIT": "1"}).stdout  # fmt: skip
     read = " ".join(read.split())
     assert title in read and author in read, read
+
+
+def test_where_no_place_survives_a_page_readers_binarisation_the_cover_is_still_made_and_says_so() -> None:
+    """Salt and pepper over blue: no place passes the per-channel check; the layout is made without it, and
+    the record says so (docs/PERFORMANCE.md); on plain art the record says the check held."""
+    rng = np.random.default_rng(5)
+    art = flat((70, 110, 160), (1600, 2560)).astype(np.int64)
+    salt = rng.random(art.shape[:2]) < 0.03
+    art = np.where(salt[..., None], rng.integers(0, 2, (*art.shape[:2], 1)) * 255, art).astype(np.uint8)
+    layout = ts.typeset(Image.fromarray(art), "The Quiet Year", author="Hannah Weiss").layout
+    assert layout.page_reader_binarised is False and layout.contrast >= 4.5
+    assert layout.to_dict()["page_reader_binarised"] is False
+    assert ts.typeset(Image.fromarray(flat((235, 235, 235))), "Plain").layout.page_reader_binarised is True
