@@ -830,10 +830,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Busy as error:  # another process works on the same experiment or run
         print(f"cover-hpc: {error}; wait for it to finish, or stop it, then run this again", file=sys.stderr)
         return 3
-    except BrokenPipeError:  # the reader of our output went away (`cover-hpc keys | head`): stop quietly
-        # the rest of what is printed, and the interpreter's flush at exit, go nowhere instead of raising again
+    except BrokenPipeError:
+        if not stdout_reader_gone():  # a pipe to a child process broke: that is an error of the command's
+            raise
+        # the reader of our output went away (`cover-hpc keys | head`): stop quietly; the rest of what is
+        # printed, and the interpreter's flush at exit, go nowhere instead of raising again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # as a shell reports a command ended by SIGPIPE
+
+
+def stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe whose reading end has been closed."""
+    import select
+
+    try:
+        descriptor = sys.stdout.fileno()
+    except (OSError, ValueError):  # replaced by an object without a descriptor (a test's capture)
+        return False
+    poller = select.poll()
+    poller.register(descriptor, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 if __name__ == "__main__":

@@ -162,3 +162,16 @@ def test_output_piped_into_a_reader_that_stops_early() -> None:
     _, stderr = process.communicate(timeout=120)
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
     assert process.returncode == 141
+
+
+def test_a_broken_pipe_to_a_child_process_is_not_taken_for_a_closed_stdout() -> None:
+    """Only a closed standard output ends a command quietly; a BrokenPipeError from any other pipe stays an error."""
+    code = (
+        "import sys\n"
+        "from cover_hpc import cli\n"
+        "def broken(args): raise BrokenPipeError(32, 'Broken pipe')\n"
+        "cli.cmd_keys = broken\n"
+        "sys.exit(cli.main(['keys']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "BrokenPipeError" in result.stderr, result
