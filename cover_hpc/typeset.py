@@ -27,6 +27,10 @@ No model is involved: :func:`typeset` takes any image. The rules (issues 13 and 
   wide as high), the two are stacked in one band on one panel. On art busy all over (as the cover reduced to
   one bit shows it), panels grow until at most 20% of the cover is busy. The record (:class:`Layout`) holds
   every figure, so a cover can be checked without the typesetter.
+- **Read whole**: the finished cover is read as a page by tesseract's Latin-script model (where installed).
+  A page reader's layout analysis drops lettering beside art it takes for a picture or a halftone, whatever
+  the contrast; where a text is not found exactly, the art is washed step by step (or, where every text was
+  found but misread, the lettering set in other faces) and the layout chosen again, until the page reads.
 - **Type**: faces by genre from Debian's font packages (serif, sans, display), overridable; a character
   that no face of the set or its fallbacks has raises :class:`MissingGlyph`, naming it.
 """
@@ -205,6 +209,10 @@ class Layout:
     # the cover's own threshold (tesseract's binarisation); False where no place passed and the layout was
     # chosen without that check (the cover reads to the eye, a page reader may lose it)
     page_reader_binarised: bool = True
+    # the finished cover read whole by a page reader (:func:`typeset`): checked (False: no reader, and why), the
+    # reader, what it read, whether each text was found in it exactly, and how many covers were tried
+    page_read: dict[str, Any] | None = None
+    art_wash: dict[str, Any] | None = None  # the whole art washed (colour, alpha) before the layout, where it was
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -1320,40 +1328,73 @@ def _stacked(setter: _Typesetter, title_draft: _Draft,
     return best
 
 
-def typeset(image: Image.Image, title: str, *, author: str | None = None, genres: Sequence[str] = (),
-            font: str | None = None, options: TypesetOptions | None = None,
-            size: tuple[int, int] | None = None) -> TypesetResult:  # fmt: skip
-    """Typeset ``title`` (and ``author``) over ``image``; the image passed in is left as it is.
+# Where the finished cover's page read (see :func:`typeset`) does not find a text: the art is washed, step by step,
+# before the layout is chosen again on it; (towards, alpha): the art's mean colour, or white. Tesseract lost the
+# whole page over slanted colour stripes, wavy lines, noise on a gradient, a relief map and scans of print (11 of
+# 103 covers of the unseen set) and read 9 of them after one of these; which step reads is not monotonic
+# (one stripes cover read at 0.4 and 0.6 and not at 0.8), so each is tried in turn (docs/PERFORMANCE.md).
+ART_WASHES: tuple[tuple[str, float], ...] = (("mean", 0.4), ("mean", 0.6), ("mean", 0.8), ("white", 0.85))
+NEAR_READ = 0.75  # a text read at least this similar (but not exactly) was found and misread: its letters are at fault
 
-    ``size``: the finished cover's (width, height); the art is resampled once to it and the lettering set at
-    it. ``font``: None (by ``genres``), a role (serif, sans, display) or a font file. Raises a
-    :class:`TypesetError` (text that does not fit, a missing glyph) rather than return a poor cover.
 
-    Where each text goes and what goes under it is chosen together: every band (top, middle, bottom) and
-    every treatment (none on calm art, a shadow, a wash over the whole art, a panel in from the nearest edge)
-    that makes the worst 1% of the pixels around the glyphs reach the target contrast on art left calm
-    enough to read, and keeps the text and the pixels around it apart when the cover is reduced to one bit
-    (in grey, and as a page reader does it, channel by channel: ``Layout.page_reader_binarised``), is
-    scored by how much of the salient region and of any face it covers and how much art it hides; the
-    cheapest wins, the title first and the author in the best band left, or (``stacking``) the two as one
-    group in the top or bottom band. On art busy all over, the panels then grow (see :func:`busy_share`).
-    """
-    options = options or TypesetOptions()
-    started = time.perf_counter()
-    art = to_rgb(image)
-    canvas = resample(art, size)
+def _wash_art(canvas: Image.Image, towards: str, alpha: float) -> tuple[Image.Image, dict[str, Any]]:
+    pixels = np.asarray(canvas)
+    colour = WHITE if towards == "white" else tuple(int(v) for v in np.rint(pixels.reshape(-1, 3).mean(axis=0)))
+    washed = Image.fromarray(_blend(pixels, colour, alpha))  # type: ignore[arg-type]
+    return washed, {"colour": hex_colour(colour), "alpha": alpha}  # type: ignore[arg-type]
+
+
+def resolve_page_reader(reader: Any = "auto") -> tuple[Any, str | None]:
+    """The reader :func:`typeset` checks a finished cover with, and why there is none: ``"auto"`` loads
+    Debian's tesseract with its Latin-script model reading the whole page (:func:`cover_hpc.metrics.ocr.
+    load_page_reader`), None where it is not installed; None checks nothing; any object with ``read(image)``."""
+    if reader is None:
+        return None, "no page reader asked for"
+    if not isinstance(reader, str):
+        return reader, None
+    if reader != "auto":
+        raise ValueError(f"page_reader: got {reader!r}; 'auto', None or a reader object")
+    from cover_hpc.metrics import ocr
+
+    try:
+        return ocr.load_page_reader(), None
+    except ocr.OcrUnavailable as error:
+        return None, str(error)
+
+
+def found_in(text: str, read: str) -> bool:
+    """Whether ``text`` is in ``read`` exactly, white space aside (each line of a text is read as a line)."""
+    return " ".join(unicodedata.normalize("NFC", text).split()) in " ".join(unicodedata.normalize("NFC", read).split())
+
+
+def nearest_read(text: str, read: str) -> float:
+    """How close the nearest run of words in ``read`` is to ``text`` (1 - edit distance / length)."""
+    from cover_hpc.metrics import ocr
+
+    wanted, words = text.split(), read.split()
+    best = 0.0
+    for start in range(max(1, len(words) - len(wanted) + 1)):
+        window = " ".join(words[start : start + len(wanted)])
+        best = max(best, 1 - ocr.levenshtein(" ".join(wanted), window) / max(1, len(" ".join(wanted))))
+    return best
+
+
+@dataclass
+class _Composed:
+    image: Image.Image
+    layout: Layout
+
+
+def _compose(canvas: Image.Image, art: Image.Image, title: str, author: str | None, fonts: FontSet,
+             options: TypesetOptions, attention: Attention) -> _Composed:  # fmt: skip
+    """The title and author fitted in ``fonts`` and laid out over ``canvas`` (the art at its output size)."""
     width, height = canvas.size
-    title = clean_text(title, "title")
-    author = clean_text(author, "author") if author and author.strip() else None
-    fonts = font_set(genres, font)
     title_face = choose_face(title, fonts, "title")
     author_face = choose_face(author, fonts, "author") if author else None
     margin_px = math.ceil(options.margin * width)
     regions = bands(width, height, margin_px)
     title_block, author_block = _fit_texts(title, title_face, author, author_face, _box_size(regions["top"]),
                                            options, height)  # fmt: skip
-    attention = Attention.of(canvas)
-    laid_out = time.perf_counter()
     title_draft = _Draft("title", title, title_block)
     author_draft = _Draft("author", author, author_block) if author_block is not None and author else None
     laid: tuple[_Typesetter, _Attempt, _Typesetter, _Attempt | None] | None = None
@@ -1381,9 +1422,9 @@ def typeset(image: Image.Image, title: str, *, author: str | None = None, genres
         grow = _next_growth(grow, busy_share(finished, lettering) if panels else 0.0, len(panels))
     assert laid is not None
     setter, chosen, after, author_attempt = laid
-    canvas = after.canvas.copy()
+    image = after.canvas.copy()
     if author_attempt is not None:
-        author_attempt.draw_on(canvas)
+        author_attempt.draw_on(image)
 
     def figures(measured: dict[tuple[str, str], tuple[float, float]], role: str, which: int) -> dict[str, float]:
         return {band: values[which] for (own, band), values in measured.items() if own == role}
@@ -1396,8 +1437,95 @@ def typeset(image: Image.Image, title: str, *, author: str | None = None, genres
                                 figures(after.measured, "author", 1))  # fmt: skip
     layout = Layout(width, height, margin_px, fonts.role, title_record, author_record, art.size,
                     round(attention.area, 4), attention.faces, setter.reader_check)  # fmt: skip
+    return _Composed(image, layout)
+
+
+def typeset(image: Image.Image, title: str, *, author: str | None = None, genres: Sequence[str] = (),
+            font: str | None = None, options: TypesetOptions | None = None,
+            size: tuple[int, int] | None = None, page_reader: Any = "auto") -> TypesetResult:  # fmt: skip
+    """Typeset ``title`` (and ``author``) over ``image``; the image passed in is left as it is.
+
+    ``size``: the finished cover's (width, height); the art is resampled once to it and the lettering set at
+    it. ``font``: None (by ``genres``), a role (serif, sans, display) or a font file. Raises a
+    :class:`TypesetError` (text that does not fit, a missing glyph) rather than return a poor cover.
+
+    Where each text goes and what goes under it is chosen together: every band (top, middle, bottom) and
+    every treatment (none on calm art, a shadow, a wash over the whole art, a panel in from the nearest edge)
+    that makes the worst 1% of the pixels around the glyphs reach the target contrast on art left calm
+    enough to read, and keeps the text and the pixels around it apart when the cover is reduced to one bit
+    (in grey, and as a page reader does it, channel by channel: ``Layout.page_reader_binarised``), is
+    scored by how much of the salient region and of any face it covers and how much art it hides; the
+    cheapest wins, the title first and the author in the best band left, or (``stacking``) the two as one
+    group in the top or bottom band. On art busy all over, the panels then grow (see :func:`busy_share`).
+
+    ``page_reader`` (see :func:`resolve_page_reader`; by default tesseract's Latin-script model where installed) then
+    reads the finished cover whole, as a page: where a text is not found in what it read, the art's
+    letters are blamed when every text was found but misread (capital I read as l: the lettering is set
+    again in another genre's faces), and the art otherwise: it is washed (``ART_WASHES``) and the layout
+    chosen again, until a cover reads. None reading, the first layout stands. ``Layout.page_read`` records
+    what was read, what was changed (``Layout.art_wash``, ``genre_role``) and how many covers were tried.
+    """
+    options = options or TypesetOptions()
+    started = time.perf_counter()
+    art = to_rgb(image)
+    canvas = resample(art, size)
+    title = clean_text(title, "title")
+    author = clean_text(author, "author") if author and author.strip() else None
+    fonts = font_set(genres, font)
+    attention = Attention.of(canvas)
+    laid_out = time.perf_counter()
+    composed = _compose(canvas, art, title, author, fonts, options, attention)
+    reader, why_not = resolve_page_reader(page_reader)
+    if reader is None:
+        layout = dataclasses.replace(composed.layout, page_read={"checked": False, "why": why_not})
+    else:
+        composed = _checked(composed, reader, canvas, art, title, author, fonts, font, options, attention)
+        layout = composed.layout
     timings = {"layout": (laid_out - started) * 1e3, "render": (time.perf_counter() - laid_out) * 1e3}
-    return TypesetResult(canvas, layout, timings)
+    return TypesetResult(composed.image, layout, timings)
+
+
+def _read(reader: Any, image: Image.Image) -> tuple[str | None, str | None]:
+    """What ``reader`` reads on ``image``, or the reason it could not read (it failed, it timed out)."""
+    try:
+        return str(reader.read(image)), None
+    except Exception as error:  # a reader that fails leaves the cover as designed, with the reason
+        return None, f"{type(error).__name__}: {error}"
+
+
+def _checked(first: _Composed, reader: Any, canvas: Image.Image, art: Image.Image, title: str, author: str | None,
+             fonts: FontSet, font: str | None, options: TypesetOptions, attention: Attention) -> _Composed:  # fmt: skip
+    """``first`` read whole by ``reader``; where a text is not found, the changes ``typeset`` describes, in turn."""
+    texts = [text for text in (title, author) if text]
+    name = getattr(reader, "description", None) or getattr(reader, "name", type(reader).__name__)
+    read, error = _read(reader, first.image)
+    tries = 1
+
+    def record(composed: _Composed, read: str | None, error: str | None, wash: dict[str, Any] | None) -> _Composed:
+        found = {role: found_in(text, read or "") for role, text in zip(("title", "author"), texts, strict=False)}
+        page = {"checked": error is None, "reader": name, "read": read, "found": found,
+                "reads": error is None and all(found.values()), "tries": tries, "error": error}  # fmt: skip
+        return _Composed(composed.image, dataclasses.replace(composed.layout, page_read=page, art_wash=wash))
+
+    if error is not None or all(found_in(text, read or "") for text in texts):
+        return record(first, read, error, None)
+    misread = all(nearest_read(text, read or "") >= NEAR_READ for text in texts)
+    other = "serif" if fonts.role != "serif" else "sans"
+    steps: list[tuple[FontSet, tuple[str, float] | None]] = [(fonts, wash) for wash in ART_WASHES]
+    if font is None:  # faces chosen by genre, not by the user
+        face_step = (font_set((), other), None)
+        steps.insert(0 if misread else len(steps), face_step)
+    for step_fonts, wash in steps:
+        ground, wash_record = _wash_art(canvas, *wash) if wash else (canvas, None)
+        try:
+            composed = _compose(ground, art, title, author, step_fonts, options, attention)
+        except TypesetError:
+            continue  # the other faces lack a character, or nothing fits: the next change
+        again, error = _read(reader, composed.image)
+        tries += 1
+        if error is None and all(found_in(text, again or "") for text in texts):
+            return record(composed, again, None, wash_record)
+    return record(first, read, None, None)  # nothing read better: the cover as first designed, marked unread
 
 
 def typeset_file(source: str | Path, out: str | Path, *, title: str, author: str | None = None,

@@ -837,3 +837,130 @@ def test_where_no_place_survives_a_page_readers_binarisation_the_cover_is_still_
     assert layout.page_reader_binarised is False and layout.contrast >= 4.5
     assert layout.to_dict()["page_reader_binarised"] is False
     assert ts.typeset(Image.fromarray(flat((235, 235, 235))), "Plain").layout.page_reader_binarised is True
+
+
+# ------------------------------------------------------------------------------- the finished page, read whole
+
+
+def _wavy_lines(size: tuple[int, int]) -> np.ndarray:
+    """Black and white wavy lines over the whole art: tesseract read nothing on such a cover, panel or not."""
+    ys, xs = np.mgrid[: size[1], : size[0]]
+    u, v = xs / (size[0] - 1), ys / (size[1] - 1)
+    waves = np.sin(u * 60 + np.sin(v * 8) * 3) > 0
+    return np.where(waves[..., None], np.uint8(20), np.uint8(235)).repeat(3, 2).astype(np.uint8)
+
+
+def _english_page_read(image: Image.Image, tmp_path: Path) -> str:
+    """The benchmark's reader: Debian's tesseract, English model, default page segmentation, whole cover."""
+    path = tmp_path / "page.png"
+    image.save(path)
+    read = subprocess.run(["tesseract", str(path), "stdout", "-l", "eng"], capture_output=True, text=True,
+                          check=True, env={**os.environ, "OMP_THREAD_LIMIT": "1"}).stdout  # fmt: skip
+    return " ".join(read.split())
+
+
+def _has_latin_tesseract() -> bool:
+    from cover_hpc.metrics import ocr
+
+    try:
+        ocr.load_page_reader()
+    except ocr.OcrUnavailable:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_latin_tesseract(), reason="needs Debian's tesseract and its Latin data (make system-deps)")
+def test_a_cover_a_page_reader_loses_whole_is_washed_until_it_reads(tmp_path: Path) -> None:
+    """Wavy lines over the whole art: laid out by design alone, tesseract (English, the benchmark's reader)
+    finds neither text on the page; read back by the typesetter's own page reader (the Latin model), the art
+    is washed and laid out again until the page reads, and the English reader then finds both."""
+    art, size = Image.fromarray(_wavy_lines((1600, 2560))), (1600, 2560)
+    designed = ts.typeset(art, "Tide", author="Harriet Cole", genres=["thriller"], page_reader=None)
+    assert designed.layout.page_read == {"checked": False, "why": "no page reader asked for"}
+    read = _english_page_read(designed.image, tmp_path)
+    assert not ("Tide" in read and "Harriet Cole" in read), read
+    checked = ts.typeset(art, "Tide", author="Harriet Cole", genres=["thriller"], size=size)
+    page = checked.layout.page_read
+    assert page is not None and page["checked"] and page["reads"] and page["tries"] > 1, page
+    assert page["reader"] == "tesseract -l Latin --psm 3" and page["found"] == {"title": True, "author": True}
+    assert checked.layout.art_wash is not None and checked.layout.art_wash["alpha"] in [a for _, a in ts.ART_WASHES]
+    assert checked.layout.contrast >= 4.5
+    read = _english_page_read(checked.image, tmp_path)
+    assert "Tide" in read and "Harriet Cole" in read, read
+    assert json.loads(json.dumps(checked.layout.to_dict()))["page_read"]["reads"] is True
+
+
+class _Reader:
+    """A page reader that answers from a list (the last answer repeats) and counts what it was shown."""
+
+    def __init__(self, *answers: str, fail: bool = False) -> None:
+        self.answers, self.fail, self.seen = list(answers), fail, 0
+        self.name = "listed"
+
+    def read(self, image: Image.Image) -> str:
+        self.seen += 1
+        if self.fail:
+            raise RuntimeError("reader crashed")
+        return self.answers[min(self.seen, len(self.answers)) - 1]
+
+
+def test_where_no_change_reads_the_first_design_stands_marked_unread() -> None:
+    art = Image.fromarray(noise(3))
+    plain = ts.typeset(art, "Night Train", author="Ana Lima", genres=["thriller"], page_reader=None)
+    reader = _Reader("")
+    result = ts.typeset(art, "Night Train", author="Ana Lima", genres=["thriller"], page_reader=reader)
+    page = result.layout.page_read
+    assert page is not None and page["checked"] and not page["reads"]
+    assert page["found"] == {"title": False, "author": False} and page["read"] == ""
+    # every wash, then the other faces (the texts were not found at all, so the art is blamed first)
+    assert page["tries"] == reader.seen == 1 + len(ts.ART_WASHES) + 1
+    assert result.layout.art_wash is None and result.layout.genre_role == "sans"
+    assert np.array_equal(np.asarray(result.image), np.asarray(plain.image))
+
+
+def test_a_misread_page_sets_the_lettering_in_other_faces_first() -> None:
+    """Every text found but misread (a sans capital I read as l): the letters are at fault, not the art; the
+    next cover tried is the same art in the serif faces, which the reader then reads."""
+    art = Image.fromarray(flat((200, 200, 205)))
+    reader = _Reader("The Mars Protocol Dr. Ravi lyer", "The Mars Protocol Dr. Ravi Iyer")
+    result = ts.typeset(art, "The Mars Protocol", author="Dr. Ravi Iyer", genres=["thriller"], page_reader=reader)
+    layout = result.layout
+    assert layout.page_read is not None and layout.page_read["reads"] and layout.page_read["tries"] == 2
+    assert layout.genre_role == "serif" and layout.art_wash is None
+    assert "P052" in layout.title.font_file or "Serif" in layout.title.font_file
+
+
+def test_a_font_the_user_chose_is_never_changed_for_the_page_reader() -> None:
+    reader = _Reader("The Mars Protocol Dr. Ravi lyer")
+    result = ts.typeset(Image.fromarray(flat((200, 200, 205))), "The Mars Protocol", author="Dr. Ravi Iyer",
+                        font="sans", page_reader=reader)  # fmt: skip
+    assert result.layout.genre_role == "sans" and result.layout.page_read is not None
+    assert result.layout.page_read["tries"] == 1 + len(ts.ART_WASHES) and not result.layout.page_read["reads"]
+
+
+def test_a_reader_that_fails_leaves_the_cover_as_designed_with_the_reason() -> None:
+    art = Image.fromarray(flat((30, 60, 90)))
+    plain = ts.typeset(art, "Harbour Lights", page_reader=None)
+    result = ts.typeset(art, "Harbour Lights", page_reader=_Reader(fail=True))
+    page = result.layout.page_read
+    assert page is not None and page["checked"] is False and page["error"] == "RuntimeError: reader crashed"
+    assert np.array_equal(np.asarray(result.image), np.asarray(plain.image))
+
+
+def test_without_tesseract_the_cover_is_made_and_the_record_says_why_it_was_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no tesseract on it
+    layout = ts.typeset(Image.fromarray(flat((240, 236, 220))), "Harbour Lights").layout
+    assert layout.page_read is not None and layout.page_read["checked"] is False
+    assert "tesseract-ocr-script-latn" in layout.page_read["why"]
+    with pytest.raises(ValueError, match="page_reader"):
+        ts.typeset(Image.fromarray(flat((240, 236, 220))), "Harbour Lights", page_reader="eng")
+
+
+def test_a_text_is_found_in_a_page_read_only_exactly() -> None:
+    assert ts.found_in("The Art of Slow Travel", "Pierre Lefebvre The Art of\nSlow Travel")
+    assert not ts.found_in("Iyer", "Dr. Ravi lyer") and not ts.found_in("Café", "Cafe Nocturne")
+    assert ts.found_in("Café", "Cafe\u0301 Nocturne")  # the same letters, decomposed
+    assert ts.nearest_read("Dr. Ravi Iyer", "The Mars Protocol Dr. Ravi lyer") == pytest.approx(1 - 1 / 13)
+    assert ts.nearest_read("Moss", "") == 0.0

@@ -184,6 +184,7 @@ class TesseractOcr:
                 f"install Debian's {package} (as root: apt-get install {package}; make system-deps does it)"
             )
         self._psm = psm
+        self.description = f"tesseract -l {languages} --psm {psm}"
         self._env = {**os.environ, "OMP_THREAD_LIMIT": str(threads or 1)}
 
     def read(self, image: Image.Image) -> str:
@@ -233,6 +234,14 @@ def load_second_reader(threads: int | None = None) -> LineReader:
     another family, so the two rarely miss the same line (``cover_hpc.typeset.read_back``). Raises
     OcrUnavailable, naming the Debian packages, when tesseract or its Latin data is missing."""
     return TesseractOcr(threads, languages="Latin")
+
+
+def load_page_reader(threads: int | None = None) -> TesseractOcr:
+    """The reader a finished cover is read with whole, as a page (``cover_hpc.typeset.typeset``): tesseract's
+    Latin-script model with its automatic page layout (``--psm 3``), where the layout analysis, not the
+    letters, is what loses lettering on busy art. Configured unlike the benchmark's reader (the English
+    model, benchmarks/typeset_legibility.py). Raises OcrUnavailable, naming the Debian packages."""
+    return TesseractOcr(threads, psm=3, languages="Latin")
 
 
 def load_ocr(engine: str = "auto", threads: int | None = None) -> OcrEngine:
