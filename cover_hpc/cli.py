@@ -439,7 +439,7 @@ def cmd_typeset(args: argparse.Namespace) -> int:
             return 1
     try:
         result = typeset_file(args.image, args.out, title=args.title, author=args.author, genres=genres, font=args.font,
-                              size=args.size)  # fmt: skip
+                              size=args.size, page_reader="auto" if args.page_read == "auto" else None)  # fmt: skip
     except TypesetError as error:
         print(f"cover-hpc: {args.image}: {error}; no cover written", file=sys.stderr)
         return 1
@@ -791,6 +791,11 @@ def build_parser() -> argparse.ArgumentParser:
     typeset.add_argument("--size", type=cover_size, metavar="WxH",
                          help="the cover's size in pixels, e.g. 1600x2560 (default: the art's own); the art is "
                          "resampled once, cropped to the aspect, never stretched")  # fmt: skip
+    typeset.add_argument("--page-read", choices=("auto", "off"), default="auto",
+                         help="read the finished cover whole with tesseract's Latin model and, where it does not "
+                         "find a text, wash the art or change the faces and lay out again (auto, the default, "
+                         "where tesseract-ocr-script-latn is installed; the record's page_read says what it did), "
+                         "or not (off)")  # fmt: skip
     typeset.add_argument("--verify", action="store_true", help="read the text back with OCR and report it")
     typeset.add_argument("--ocr-engine", default="auto", help="OCR engine for --verify (default auto)")
     typeset.add_argument("--ocr-second", choices=("auto", "none"), default="auto",

@@ -1362,9 +1362,26 @@ def resolve_page_reader(reader: Any = "auto") -> tuple[Any, str | None]:
         return None, str(error)
 
 
+# what a reader may write for the same mark: typographic quotes and dashes as ASCII (a page read, not a proof)
+_SAME_MARKS = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-"})
+PAGE_READ_KEPT = 1000  # characters of what the page reader read kept in the record (art that is print reads long)
+
+
+def _page_text(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).translate(_SAME_MARKS).split())
+
+
 def found_in(text: str, read: str) -> bool:
-    """Whether ``text`` is in ``read`` exactly, white space aside (each line of a text is read as a line)."""
-    return " ".join(unicodedata.normalize("NFC", text).split()) in " ".join(unicodedata.normalize("NFC", read).split())
+    """Whether ``text`` is in ``read`` exactly, white space, compatibility forms (ligatures) and typographic
+    quotes and dashes aside (each line of a text is read as a line)."""
+    return _page_text(text) in _page_text(read)
+
+
+def not_latin(texts: Sequence[str]) -> list[str]:
+    """The letters of ``texts`` outside the Latin script, which a Latin-script page reader cannot read."""
+    return sorted(
+        {c for text in texts for c in text if c.isalpha() and not unicodedata.name(c, "").startswith("LATIN")}
+    )
 
 
 def nearest_read(text: str, read: str) -> float:
@@ -1476,6 +1493,9 @@ def typeset(image: Image.Image, title: str, *, author: str | None = None, genres
     laid_out = time.perf_counter()
     composed = _compose(canvas, art, title, author, fonts, options, attention)
     reader, why_not = resolve_page_reader(page_reader)
+    foreign = not_latin([text for text in (title, author) if text])
+    if reader is not None and foreign:
+        reader, why_not = None, f"the page reader reads the Latin script only, not {''.join(foreign[:8])}"
     if reader is None:
         layout = dataclasses.replace(composed.layout, page_read={"checked": False, "why": why_not})
     else:
@@ -1503,6 +1523,8 @@ def _checked(first: _Composed, reader: Any, canvas: Image.Image, art: Image.Imag
 
     def record(composed: _Composed, read: str | None, error: str | None, wash: dict[str, Any] | None) -> _Composed:
         found = {role: found_in(text, read or "") for role, text in zip(("title", "author"), texts, strict=False)}
+        if read is not None and len(read) > PAGE_READ_KEPT:
+            read = read[:PAGE_READ_KEPT] + "\u2026"
         page = {"checked": error is None, "reader": name, "read": read, "found": found,
                 "reads": error is None and all(found.values()), "tries": tries, "error": error}  # fmt: skip
         return _Composed(composed.image, dataclasses.replace(composed.layout, page_read=page, art_wash=wash))
@@ -1530,14 +1552,15 @@ def _checked(first: _Composed, reader: Any, canvas: Image.Image, art: Image.Imag
 
 def typeset_file(source: str | Path, out: str | Path, *, title: str, author: str | None = None,
                  genres: Sequence[str] = (), font: str | None = None, options: TypesetOptions | None = None,
-                 size: tuple[int, int] | None = None) -> TypesetResult:  # fmt: skip
+                 size: tuple[int, int] | None = None, page_reader: Any = "auto") -> TypesetResult:  # fmt: skip
     """Read ``source``, typeset, and write ``out`` whole (nothing is written when a TypesetError is raised)."""
     from cover_hpc.store.atomic import save_image
 
     try:
         with Image.open(source) as image:
             image.load()
-            result = typeset(image, title, author=author, genres=genres, font=font, options=options, size=size)
+            result = typeset(image, title, author=author, genres=genres, font=font, options=options, size=size,
+                             page_reader=page_reader)  # fmt: skip
     except Image.DecompressionBombError as error:  # Pillow's guard against a small file of huge pixels
         raise TypesetError(f"{error} (a cover is typically under 2 MP); resize the image first") from None
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -440,6 +440,9 @@ def test_command_round_trip(tmp_path: Path) -> None:
     assert record["author"]["text"] == "Hugo Frost"
     with Image.open(out) as cover:
         assert cover.size == SIZE
+    off = cover_hpc("typeset", str(source), "--title", "Zoë and the Machine", "-o", str(out), "--page-read", "off")
+    assert off.returncode == 0, off.stderr
+    assert json.loads(off.stdout)["page_read"] == {"checked": False, "why": "no page reader asked for"}
 
 
 def test_command_errors_are_one_line_and_write_nothing(tmp_path: Path) -> None:
@@ -964,3 +967,19 @@ def test_a_text_is_found_in_a_page_read_only_exactly() -> None:
     assert ts.found_in("Café", "Cafe\u0301 Nocturne")  # the same letters, decomposed
     assert ts.nearest_read("Dr. Ravi Iyer", "The Mars Protocol Dr. Ravi lyer") == pytest.approx(1 - 1 / 13)
     assert ts.nearest_read("Moss", "") == 0.0
+
+
+def test_a_title_outside_the_latin_script_is_not_page_read_and_the_record_says_why() -> None:
+    reader = _Reader("")
+    layout = ts.typeset(Image.fromarray(flat((240, 236, 220))), "Война и мир", author="Лев Толстой",
+                        page_reader=reader).layout  # fmt: skip
+    assert reader.seen == 0 and layout.page_read is not None and layout.page_read["checked"] is False
+    assert "Latin script only" in layout.page_read["why"] and "В" in layout.page_read["why"]
+
+
+def test_a_page_read_keeps_what_was_read_short_and_counts_typographic_quotes_as_the_same_mark() -> None:
+    art = Image.fromarray(flat((240, 236, 220)))
+    reader = _Reader("noise " * 400 + "What the River Didn\u2019t Say")
+    page = ts.typeset(art, "What the River Didn't Say", page_reader=reader).layout.page_read
+    assert page is not None and page["reads"] and page["tries"] == 1
+    assert len(page["read"]) == ts.PAGE_READ_KEPT + 1 and page["read"].endswith("\u2026")
