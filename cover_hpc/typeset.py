@@ -1521,16 +1521,19 @@ def _checked(first: _Composed, reader: Any, canvas: Image.Image, art: Image.Imag
     read, error = _read(reader, first.image)
     tries = 1
 
-    def record(composed: _Composed, read: str | None, error: str | None, wash: dict[str, Any] | None) -> _Composed:
+    def record(composed: _Composed, read: str | None, wash: dict[str, Any] | None, error: str | None = None,
+               checked: bool = True) -> _Composed:  # fmt: skip
         found = {role: found_in(text, read or "") for role, text in zip(("title", "author"), texts, strict=False)}
         if read is not None and len(read) > PAGE_READ_KEPT:
             read = read[:PAGE_READ_KEPT] + "\u2026"
-        page = {"checked": error is None, "reader": name, "read": read, "found": found,
-                "reads": error is None and all(found.values()), "tries": tries, "error": error}  # fmt: skip
+        page = {"checked": checked, "reader": name, "read": read, "found": found,
+                "reads": checked and all(found.values()), "tries": tries, "error": error}  # fmt: skip
         return _Composed(composed.image, dataclasses.replace(composed.layout, page_read=page, art_wash=wash))
 
-    if error is not None or all(found_in(text, read or "") for text in texts):
-        return record(first, read, error, None)
+    if error is not None:
+        return record(first, read, None, error, checked=False)
+    if all(found_in(text, read or "") for text in texts):
+        return record(first, read, None)
     misread = all(nearest_read(text, read or "") >= NEAR_READ for text in texts)
     other = "serif" if fonts.role != "serif" else "sans"
     steps: list[tuple[FontSet, tuple[str, float] | None]] = [(fonts, wash) for wash in ART_WASHES]
@@ -1545,9 +1548,11 @@ def _checked(first: _Composed, reader: Any, canvas: Image.Image, art: Image.Imag
             continue  # the other faces lack a character, or nothing fits: the next change
         again, error = _read(reader, composed.image)
         tries += 1
-        if error is None and all(found_in(text, again or "") for text in texts):
-            return record(composed, again, None, wash_record)
-    return record(first, read, None, None)  # nothing read better: the cover as first designed, marked unread
+        if error is not None:  # a reader that fails (or hangs past its timeout) once is not asked again
+            return record(first, read, None, error)
+        if all(found_in(text, again or "") for text in texts):
+            return record(composed, again, wash_record)
+    return record(first, read, None)  # nothing read better: the cover as first designed, marked unread
 
 
 def typeset_file(source: str | Path, out: str | Path, *, title: str, author: str | None = None,

@@ -950,6 +950,25 @@ def test_a_reader_that_fails_leaves_the_cover_as_designed_with_the_reason() -> N
     assert np.array_equal(np.asarray(result.image), np.asarray(plain.image))
 
 
+class _FailsSecond(_Reader):
+    def read(self, image: Image.Image) -> str:
+        self.seen += 1
+        if self.seen > 1:
+            raise TimeoutError("tesseract timed out after 120 s")
+        return ""
+
+
+def test_a_reader_that_fails_on_a_retry_is_not_asked_again_and_the_first_design_stands() -> None:
+    art = Image.fromarray(flat((30, 60, 90)))
+    plain = ts.typeset(art, "Harbour Lights", page_reader=None)
+    reader = _FailsSecond()
+    result = ts.typeset(art, "Harbour Lights", page_reader=reader)
+    page = result.layout.page_read
+    assert reader.seen == 2 and page is not None and page["tries"] == 2 and page["checked"] and not page["reads"]
+    assert page["error"] == "TimeoutError: tesseract timed out after 120 s" and result.layout.art_wash is None
+    assert np.array_equal(np.asarray(result.image), np.asarray(plain.image))
+
+
 def test_without_tesseract_the_cover_is_made_and_the_record_says_why_it_was_not_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
