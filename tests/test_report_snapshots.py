@@ -266,7 +266,10 @@ def write_typeset_inference(run: Path) -> None:
         else:
             png(folder / "images" / f"{book}.png", (10, 10, 10))
             read = {"read": book.upper() if exact else "em", "similarity": similarity, "exact": exact}
-            record |= {"image": f"images/{book}.png", "layout": {"width": 24}, "contrast": contrast,
+            layout: dict[str, Any] = {"width": 24}  # dune: read whole by the typesetter on its third try, washed
+            if book == "dune":
+                layout |= {"page_read": {"checked": True, "reads": True, "tries": 3}, "art_wash": {"alpha": 0.6}}
+            record |= {"image": f"images/{book}.png", "layout": layout, "contrast": contrast,
                        "ocr": {"engine": "rapidocr", "title": read}}  # fmt: skip
         records.append(record)
     (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"book_id": "cut')
@@ -391,7 +394,9 @@ def test_finished_covers_are_shown_next_to_their_art_with_the_ocr_read_back(expe
     assert near(colour_of(first.one("img", css="art").attrs["src"]), (200, 100, 50))
     assert near(colour_of(first.one("img", css="cover").attrs["src"]), (10, 10, 10))
     assert "OCR similarity 1 (exact)" in first.content and "contrast 7.25:1" in first.content
+    assert "page read: found on try 3, art washed 60%" in first.content
     assert "OCR similarity 0.6:" in figures[1].content and "contrast 4.60:1" in figures[1].content
+    assert "page read" not in figures[1].content  # a record from before the page read, or without one
     untitled = figures[2]
     assert "untitled" in untitled.attrs["class"] and [i.attrs["class"] for i in untitled.all("img")] == ["art"]
     assert "the title does not fit at a legible size" in untitled.content

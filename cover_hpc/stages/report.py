@@ -1383,9 +1383,25 @@ def render_pairs(r: RunReport) -> str:
                 f"OCR similarity {_value(read.get('similarity'))}{exact}: read “{esc(str(read.get('read', '')))}”"
             )
         lines.append(f"contrast {_fmt(record.get('contrast'))}:1")
+        page = _page_read_note(record.get("layout"))
+        if page:
+            lines.append(esc(page))
         parts.append(f"<figure class='pair'>{images}<figcaption>{' · '.join(lines)}</figcaption></figure>")
     parts.append("</div>")
     return "".join(parts)
+
+
+def _page_read_note(layout: Any) -> str:
+    """What the typesetter's own whole-page read did (cover_hpc.typeset), or "" for a record without one."""
+    page = layout.get("page_read") if isinstance(layout, dict) else None
+    if not isinstance(page, dict) or not page.get("checked"):
+        return ""
+    if not page.get("reads"):
+        return "page read: not found whole"
+    wash = layout.get("art_wash")
+    tries = page.get("tries", 1)
+    done = f", art washed {round(100 * float(wash['alpha']))}%" if isinstance(wash, dict) and "alpha" in wash else ""
+    return f"page read: found{f' on try {tries}' if isinstance(tries, int) and tries > 1 else ''}{done}"
 
 
 def _guarded(r: RunReport, what: str, render: Any) -> str:
