@@ -520,11 +520,16 @@ def _mondrian(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(image)
 
 
-def unseen_pattern_art(size: tuple[int, int], seed: int = UNSEEN_SEED) -> list[tuple[str, Image.Image]]:
-    rng = np.random.default_rng(seed)
+def _grid(size: tuple[int, int]) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """width, height, each pixel's x and y, and the same from 0 to 1 across and down."""
     width, height = size
     y, x = np.mgrid[0:height, 0:width]
-    u, v = x / max(1, width - 1), y / max(1, height - 1)
+    return width, height, x, y, x / max(1, width - 1), y / max(1, height - 1)
+
+
+def unseen_pattern_art(size: tuple[int, int], seed: int = UNSEEN_SEED) -> list[tuple[str, Image.Image]]:
+    rng = np.random.default_rng(seed)
+    width, height, x, y, u, v = _grid(size)
     made: list[tuple[str, np.ndarray]] = []
     for scale in (3, 6, 12, 24):
         made.append((f"colour noise {scale}px", _upscaled_noise(rng, size, scale, 3)))
@@ -871,9 +876,7 @@ def _palette(rng: np.random.Generator, count: int) -> list[tuple[int, int, int]]
 def fresh_pattern_art(size: tuple[int, int], seed: int = FRESH_SEED) -> list[tuple[str, Image.Image]]:
     """40 patterns, each kind's every parameter (angle, period, colours, scale) drawn from ``seed``."""
     rng = np.random.default_rng(seed)
-    width, height = size
-    y, x = np.mgrid[0:height, 0:width]
-    u, v = x / max(1, width - 1), y / max(1, height - 1)
+    width, height, x, y, u, v = _grid(size)
     made: list[tuple[str, np.ndarray]] = []
     for _ in range(8):
         degrees, period, count = int(rng.integers(0, 180)), float(rng.uniform(2, 14)), int(rng.integers(2, 7))
