@@ -269,8 +269,12 @@ ROLE_FACES: dict[str, tuple[Faces, ...]] = {
               ("DejaVuSerif-Bold.ttf", "DejaVuSerif.ttf")),
     # Nimbus Sans first: tesseract read "Chen Wei" in it at 60-120 px, "Chen Wel" in Liberation Sans and DejaVu
     # Sans at 84-120 (docs/PERFORMANCE.md, "Finished covers on any art")
-    "sans": (("NimbusSans-Bold.otf", "NimbusSans-Regular.otf"),
-             ("LiberationSans-Bold.ttf", "LiberationSans-Regular.ttf"), ("DejaVuSans-Bold.ttf", "DejaVuSans.ttf")),
+    # and the author in bold too: reversed out of a dark ground, the regular weight's thin strokes were lost at
+    # author sizes (tesseract read "Nalaatsyommtclaliaal" for Ahmed Rahimi, "Jurgen Branat" on flat navy): on flat
+    # navy, black and red the 57 sans books of the benchmark's books read 53-54 with the regular author, 56 with the
+    # bold one (the 57th is "lyer"), and on cream 56 either way (docs/PERFORMANCE.md, "the reader's floor")
+    "sans": (("NimbusSans-Bold.otf", "NimbusSans-Bold.otf"),
+             ("LiberationSans-Bold.ttf", "LiberationSans-Bold.ttf"), ("DejaVuSans-Bold.ttf", "DejaVuSans-Bold.ttf")),
     "display": (("URWBookman-Demi.otf", "URWBookman-Light.otf"), ("C059-Bold.otf", "C059-Roman.otf"),
                 ("DejaVuSerif-Bold.ttf", "DejaVuSerif.ttf")),
 }  # fmt: skip

@@ -1002,3 +1002,16 @@ def test_a_page_read_keeps_what_was_read_short_and_counts_typographic_quotes_as_
     page = ts.typeset(art, "What the River Didn't Say", page_reader=reader).layout.page_read
     assert page is not None and page["reads"] and page["tries"] == 1
     assert len(page["read"]) == ts.PAGE_READ_KEPT + 1 and page["read"].endswith("\u2026")
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="needs Debian's tesseract (make system-deps)")
+def test_a_sans_author_reversed_out_of_a_dark_ground_is_set_bold_and_read(tmp_path: Path) -> None:
+    """White sans lettering on flat navy: in the regular weight tesseract's English model read the author as
+    "Nalaatsyommtclaliaal"; the sans faces set the author bold, and it reads (docs/PERFORMANCE.md)."""
+    art = Image.fromarray(flat((18, 28, 64), (1600, 2560)))
+    result = ts.typeset(art, "Cascade Failure", author="Ahmed Rahimi", genres=["science fiction"], page_reader=None)
+    assert result.layout.author is not None and result.layout.author.colour == "#ffffff"
+    assert Path(result.layout.author.font_file).name in ("NimbusSans-Bold.otf", "LiberationSans-Bold.ttf",
+                                                          "DejaVuSans-Bold.ttf")  # fmt: skip
+    read = _english_page_read(result.image, tmp_path)
+    assert "Cascade Failure" in read and "Ahmed Rahimi" in read, read
