@@ -617,6 +617,10 @@ FRESH_ARCHIVES = {  # name: (pip download arguments, the archive file pip writes
     "lomiri16": (["apt", "lomiri-wallpapers-16.04=20.04.0-2"], "lomiri-wallpapers-16.04_20.04.0-2_all.deb"),
     "lomiri20": (["apt", "lomiri-wallpapers-20.04=20.04.0-2"], "lomiri-wallpapers-20.04_20.04.0-2_all.deb"),
     "mate": (["apt", "mate-backgrounds=1.26.0-1"], "mate-backgrounds_1.26.0-1_all.deb"),
+    # and the desktops set's
+    "plasma": (["apt", "plasma-workspace-wallpapers=4:5.27.5-2"], "plasma-workspace-wallpapers_4%3a5.27.5-2_all.deb"),
+    "ukui": (["apt", "ukui-wallpapers=20.04.3-1.1"], "ukui-wallpapers_20.04.3-1.1_all.deb"),
+    "gnome": (["apt", "gnome-backgrounds=43.1-1"], "gnome-backgrounds_43.1-1_all.deb"),
 }  # fmt: skip
 _CV, _PIL = "opencv-python-4.10.0.84/opencv/samples/data/", "pillow-10.4.0/Tests/images/"
 FRESH_PHOTOS = (  # (archive, file inside it, short name, sha256 of that file)
@@ -765,6 +769,166 @@ WALLPAPER_SEED = 2029
 WALLPAPER_BOOKS = FRESH_BOOKS[17:] + FRESH_BOOKS[:17]
 
 
+# The third fresh set, "desktops" (drawn on 2026-12-07 before any change of that session, never tuned on): every
+# wallpaper of three more Debian 12 packages, taken whole rather than chosen (plasma-workspace-wallpapers' 30, each at
+# its largest light image; ukui-wallpapers' 12; gnome-backgrounds' 7 light ones but the 1 px "vnc"), 2 crops each,
+# 40 patterns from seed 2030, and 48 books no older set has.
+_PLASMA, _UKUI, _GNOME = "./usr/share/wallpapers/", "./usr/share/backgrounds/", "./usr/share/backgrounds/gnome/"
+DESKTOP_PHOTOS = (  # (archive, file inside it, short name, sha256 of that file)
+    ("plasma", _PLASMA + "Altai/contents/images/5120x2880.png", "altai",
+     "f693f572875536b41935417f88d523bb0174b77c2dd7f00b71cd55436f93387d"),
+    ("plasma", _PLASMA + "Autumn/contents/images/2560x1600.jpg", "autumn",
+     "dfded25df13f5c2dfee68cafb23f69c3efb32b8a6931d82ebbe42de9810dd1e4"),
+    ("plasma", _PLASMA + "BytheWater/contents/images/2560x1600.jpg", "bythewater",
+     "c272434ef39f2abf1ed48a15a8910088020f3165329a5092f3940ec9464bc05f"),
+    ("plasma", _PLASMA + "Canopee/contents/images/3840x2160.png", "canopee",
+     "c538a5a7f7f78fbc129006b889acd8580e088f070df83509a1a7a7af9681ae43"),
+    ("plasma", _PLASMA + "Cascade/contents/images/3840x2160.png", "cascade",
+     "1915b53a6c0679595cdc3601dd3fc2984774152cbe40550b338d0121a41828c8"),
+    ("plasma", _PLASMA + "Cluster/contents/images/3840x2160.png", "cluster",
+     "e3e77c68791e1b7cc2e46bc9428798ac5582e9f88e1d6ca570078129437e596f"),
+    ("plasma", _PLASMA + "ColdRipple/contents/images/2560x1600.jpg", "coldripple",
+     "05bef6722fc0ed81292cceb3ed026c38d17e510f3c84be7d68610c2b1a723c3f"),
+    ("plasma", _PLASMA + "ColorfulCups/contents/images/2560x1600.jpg", "colorfulcups",
+     "6e0f3a72feb5a4a9fec191b77e34874c3c69e2d93040deb3f07773e73385023d"),
+    ("plasma", _PLASMA + "DarkestHour/contents/images/2560x1600.jpg", "darkesthour",
+     "8e3703fae3a3c217b1fc2b399b706cd3720584268d071ba153e4809daa55f1ce"),
+    ("plasma", _PLASMA + "Elarun/contents/images/2560x1600.png", "elarun",
+     "ce4d7a22554fdc4d170c56bdee699e92ef6d721f4507f963702ed866029c01ed"),
+    ("plasma", _PLASMA + "EveningGlow/contents/images/2560x1600.jpg", "eveningglow",
+     "586682dcb362b9f620068f10138f87d0d3649939aef238adc5807cb951976a7a"),
+    ("plasma", _PLASMA + "FallenLeaf/contents/images/2560x1600.jpg", "fallenleaf",
+     "95603a6560c7e8d50e0e03b3f4adbe39c5258c72528e74e4ecaea1daf4e499de"),
+    ("plasma", _PLASMA + "Flow/contents/images/5120x2880.jpg", "flow",
+     "b2f1fbe9ebf772fed224de83ee4159cc3735c633a88cc42f8f45d49ccd12efc3"),
+    ("plasma", _PLASMA + "FlyingKonqui/contents/images/2560x1600.png", "flyingkonqui",
+     "856ecdf80b8253759629ae2c76d25d63d79fa81dbf05e4ee7ae0c95454e555bb"),
+    ("plasma", _PLASMA + "Grey/contents/images/2560x1600.jpg", "grey",
+     "88c31d8944b7e6935d1b9a296654c692f0772cb512491713eb30a972a604c0ed"),
+    ("plasma", _PLASMA + "Honeywave/contents/images/5120x2880.jpg", "honeywave",
+     "e75adbd953e9b7dc8946223e7f1f2c4a9378496e7597198f65b095356995c7ad"),
+    ("plasma", _PLASMA + "IceCold/contents/images/5120x2880.png", "icecold",
+     "4f000813086b839f4845e40bb51385e2e2afaf1df5bf55514d808f70611a63e6"),
+    ("plasma", _PLASMA + "Kay/contents/images/5120x2880.png", "kay",
+     "2b2fcfe33dbf701deb524f04231a3966e40f3239baf70469318c00c3961c2458"),
+    ("plasma", _PLASMA + "Kite/contents/images/2560x1600.jpg", "kite",
+     "bdca288ce296a981e80659c021cf707caddc702c0c8d4247e60bd618476d47f8"),
+    ("plasma", _PLASMA + "Kokkini/contents/images/3840x2160.png", "kokkini",
+     "ba6fbd6ca54e4fef11e6c3e0b4f8fce21305846c7fcc2bcac6b4e15c75343d46"),
+    ("plasma", _PLASMA + "MilkyWay/contents/images/5120x2880.png", "milkyway",
+     "777b501b626c0e8417167229187a787bbaf2b59c83f8343c18d1b0486e754296"),
+    ("plasma", _PLASMA + "OneStandsOut/contents/images/2560x1600.jpg", "onestandsout",
+     "cb507baf1dafdcae362264f3aba9483ed4be5f6c9fdd770f0ec0920c6d9e80fd"),
+    ("plasma", _PLASMA + "Opal/contents/images/3840x2160.png", "opal",
+     "bdc37f083dd498c54b853a273b2518a6402dbece172cc2d7873c478d70e06b20"),
+    ("plasma", _PLASMA + "PastelHills/contents/images/3200x2000.jpg", "pastelhills",
+     "8a5f3dc3ddc75687b5cc83833acb1ec9ce0b03d6529b2dace584707485447506"),
+    ("plasma", _PLASMA + "Patak/contents/images/5120x2880.png", "patak",
+     "e8f6167bafea78c54e2b736c448ce22809cc0bd085fb3a371d71546e956e7391"),
+    ("plasma", _PLASMA + "Path/contents/images/2560x1600.jpg", "path",
+     "7477457d7f17b736259f1b021864778ad4ba802cf3214e6728181ff29126bba8"),
+    ("plasma", _PLASMA + "SafeLanding/contents/images/5120x2880.jpg", "safelanding",
+     "7341ff2532d1a13a2ba35f2a9219a2c6cb070446f1aae4ce9a3a981c3bedd32f"),
+    ("plasma", _PLASMA + "Shell/contents/images/5120x2880.jpg", "shell",
+     "220d5fe725453dba2329b6733cb7094d8615f2e0bbbb8a150e9f113101c02213"),
+    ("plasma", _PLASMA + "Volna/contents/images/5120x2880.jpg", "volna",
+     "abc30b4fc6f6a83b6156e6b59ac283c067de40af820aafac8ac7c4fd83a9607c"),
+    ("plasma", _PLASMA + "summer_1am/contents/images/2560x1600.jpg", "summer_1am",
+     "c868b50789591dd42910153c768053f1ba0a98cb36bbfc2b7a96a1045d0477f8"),
+    ("ukui", _UKUI + "2004default.jpg", "2004default",
+     "3a9ce649f4cc97bec5f53eba56b73d4186efa86de0708bf1d85236eeeb875ca8"),
+    ("ukui", _UKUI + "calla.png", "calla",
+     "26fc5b5461f37132d913c9b03a48392e59a58f66e665cc5dfc2d997bda4190d4"),
+    ("ukui", _UKUI + "city.png", "city",
+     "7d7d048f935a7ca9de2808bc0523507a2fe36eda7e9b2fdfc1e3ebd7f4f2169d"),
+    ("ukui", _UKUI + "desert.png", "desert",
+     "e4247a65a08bdf23b42b318583ca9d2c796728466d30a2afdcf3a135c6a14a34"),
+    ("ukui", _UKUI + "firstgeneration.jpg", "firstgeneration",
+     "177f1f8cf97dce50abd06c60f274547114b71519f3484e744beecaffa4fd6faa"),
+    ("ukui", _UKUI + "fluent-color.png", "fluent_color",
+     "d8c185c623cdacf36133a3030ac86d73ef2b54e9aad1c8fab1ccb4d91f297511"),
+    ("ukui", _UKUI + "focal-ubuntukylin.png", "focal_ubuntukylin",
+     "3590397864dfceb16f14fc7646c5465a691082fd33a5fc8702c31d954fd9ef0a"),
+    ("ukui", _UKUI + "goldfish.png", "goldfish",
+     "a01ef5d91bfe63fd77e91107ebb83fe203b39ad09cfb40488c56d21f50dffe0f"),
+    ("ukui", _UKUI + "rhythm.jpg", "rhythm",
+     "7ed93d313b3a699b0f97af153aa3af6dcfdedb8dd35b4fba090f16fb82087de0"),
+    ("ukui", _UKUI + "rollpaper.png", "rollpaper",
+     "6928e4ae7483a4df1fa5d3cdd89ef94fa236fe560f97c99f399f0163120e9669"),
+    ("ukui", _UKUI + "string.jpg", "string",
+     "73fd26471a45955d256e9318fb24e7ec3a6a922fdc12ec3080c75d2a8da8ab3d"),
+    ("ukui", _UKUI + "the-mouse.jpg", "the_mouse",
+     "e4717d5cb7dd3ed12cf0883567b7f2ca38dd83a073a12fc666e8c3b87c3abf79"),
+    ("gnome", _GNOME + "adwaita-l.webp", "adwaita",
+     "e2a2f6b559e574b76f302e2e854321ee0acbbd8e1891fce95269781e248aa045"),
+    ("gnome", _GNOME + "grid-l.webp", "grid",
+     "5c4cb676405e7eb0d89757feb0e4ddb1f1003450066206c5ee928771f5e475af"),
+    ("gnome", _GNOME + "licorice-l.webp", "licorice",
+     "728c5dbcb399902570deb83fa10f5c142a87ed22c05140d6b41a1894c1fd4bb9"),
+    ("gnome", _GNOME + "pixels-l.webp", "pixels",
+     "1ee02e123d937bdcbc6ec848cda8b54f7acdddf5c0cec9f8aa6f4b2182835711"),
+    ("gnome", _GNOME + "symbolic-l.webp", "symbolic",
+     "4bba296092bd7f2801a207543ee8e9063ceb419deb3fbf1cafc6e7bb273cbc67"),
+    ("gnome", _GNOME + "truchet-l.webp", "truchet",
+     "ad1bb88c2aa30babe41f61c58f5c59a024fc73d5072ae37b7ae5035328ac0591"),
+    ("gnome", _GNOME + "wood-l.webp", "wood",
+     "37c8e62479bc5282a0e890d0bcbe1762223cc541b79730dcfaf38b0a57d2e80e"),
+)  # fmt: skip
+DESKTOP_CROPS = ((0.8, 0.25, 0.6), (0.5, 0.8, 0.3))
+DESKTOP_SEED = 2030
+
+DESKTOP_BOOKS: tuple[tuple[str, str, list[str]], ...] = (
+    ("The Lamplighter's Promise", "Honora Blythe", ROMANCE),
+    ("Cipher", "Marcus Adebayo", THRILLER),
+    ("Beyond the Kuiper Belt", "Dr. Elin Sørensen", SF),
+    ("The Thistle Crown", "Mairead Quigley", FANTASY),
+    ("A Year of Soup", "Benedikt Huber", NONE),
+    ("Glasshouse Girls", "Rosa Linden", ROMANCE),
+    ("The Ferryman's Debt", "Caspar Holt", THRILLER),
+    ("Low Orbit", "Priyanka Iyengar", SF),
+    ("Fox & Fable", "Willa Penhallow", FANTASY),
+    ("The Slow Roads of Umbria", "Francesca Lotti", NONE),
+    ("Kiss Me in Kyoto", "Hana Mori", ROMANCE),
+    ("Unmarked Graves", "Declan Rourke", THRILLER),
+    ("The Ninth Moon of Saturn", "Oskar Lindgren", SF),
+    ("Heir of Embers", "Isadora Fell", FANTASY),
+    ("Why We Walk", "Dr. Amara Osei", NONE),
+    ("Love Letters, Unsent", "Juliette Carmody", ROMANCE),
+    ("Tripwire", "Luke Brennan", THRILLER),
+    ("Signal Lost at 3.2 AU", "Reza Tehrani", SF),
+    ("The Raven's Bargain", "Gwendolyn Marsh", FANTASY),
+    ("Houseplants for the Hopeless", "Tilly Ambrose", NONE),
+    ("Meet Me at the Pier", "Sadie Whitcombe", ROMANCE),
+    ("The Quiet Assassin", "Viktor Haldane", THRILLER),
+    ("Colony Ship Perseverance", "Ade Oyelaran", SF),
+    ("Bramblewood", "Fern Carraway", FANTASY),
+    ("Ordinary Genius", "Paul Kowalczyk", NONE),
+    ("The Bookshop on Rue Mouffetard", "Élodie Caron", ROMANCE),
+    ("Dead Drop", "Nadia Kovač", THRILLER),
+    ("Halcyon-7", "Tomás Aguilar", SF),
+    ("The Glass Familiar", "Morwenna Teague", FANTASY),
+    ("Ten Thousand Steps", "Keiko Watanabe", NONE),
+    ("Snowed In with You", "Clara Pemberton", ROMANCE),
+    ("Nightwatch", "Gideon Frost", THRILLER),
+    ("The Entropy Garden", "Lin Zhao", SF),
+    ("Queen of the Hollow Hills", "Aislinn Doyle", FANTASY),
+    ("Making Things Last", "Hugh Partridge", NONE),
+    ("P.S. Stay", "Marisol Vega", ROMANCE),
+    ("The Widow's Alibi", "Agatha Rennard", THRILLER),
+    ("First Light on Europa", "Samuel N'Diaye", SF),
+    ("Wolfsbane", "Sigrid Halvorsen", FANTASY),
+    ("The Joy of Maps", "Leonard Ashe", NONE),
+    ("Only in Barcelona", "Núria Puig", ROMANCE),
+    ("Kill Switch", "Owen Tranter", THRILLER),
+    ("We Were Stardust", "Ezra Blum", SF),
+    ("The Bone Orchard", "Corvina Black", FANTASY),
+    ("Learning to Listen", "Beatriz Ramos", NONE),
+    ("Until the Tide Turns", "Lily Fairbanks", ROMANCE),
+    ("Fourteen Days", "Jonah Reyes", THRILLER),
+    ("The Hundred-Year Garden", "Margit Szabó", NONE),
+)
+
+
 def _fetch_archive(name: str, cache: Path) -> Path:
     """The archive of ``FRESH_ARCHIVES[name]`` in ``cache``, downloaded with pip (no install) if missing."""
     arguments, file_name = FRESH_ARCHIVES[name]
@@ -873,6 +1037,14 @@ def wallpaper_pattern_art(size: tuple[int, int]) -> list[tuple[str, Image.Image]
     return fresh_pattern_art(size, WALLPAPER_SEED)
 
 
+def desktop_photo_art(size: tuple[int, int]) -> list[tuple[str, Image.Image]]:
+    return fresh_photo_art(size, DESKTOP_PHOTOS, DESKTOP_CROPS)
+
+
+def desktop_pattern_art(size: tuple[int, int]) -> list[tuple[str, Image.Image]]:
+    return fresh_pattern_art(size, DESKTOP_SEED)
+
+
 def _palette(rng: np.random.Generator, count: int) -> list[tuple[int, int, int]]:
     return [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(count)]  # type: ignore[misc]
 
@@ -943,16 +1115,18 @@ def fresh_pattern_art(size: tuple[int, int], seed: int = FRESH_SEED) -> list[tup
     return [(name, Image.fromarray(np.ascontiguousarray(pixels))) for name, (_, pixels) in pairs]
 
 
-SETS = ("tuned", "unseen", "fresh", "wallpapers")
+SETS = ("tuned", "unseen", "fresh", "wallpapers", "desktops")
 
 
 def make_set(size: tuple[int, int], kinds: tuple[str, ...] = ("photo", "pattern"), which: str = "tuned") -> list[Cover]:
     """``which``: "tuned" (the set the typesetter's constants were set on), "unseen" (art drawn after them, since
-    tuned on) or "fresh" (drawn after the page read, never tuned on)."""
+    tuned on), "fresh" and "wallpapers" (drawn after the page read) or "desktops" (drawn after the bold sans
+    authors)."""
     photos, patterns, books = {"tuned": (photo_art, pattern_art, BOOKS),
                                "unseen": (unseen_photo_art, unseen_pattern_art, UNSEEN_BOOKS),
                                "fresh": (fresh_photo_art, fresh_pattern_art, FRESH_BOOKS),
                                "wallpapers": (wallpaper_photo_art, wallpaper_pattern_art, WALLPAPER_BOOKS),
+                               "desktops": (desktop_photo_art, desktop_pattern_art, DESKTOP_BOOKS),
                                }[which]  # fmt: skip
     art = ([("photo", *a) for a in photos(size)] if "photo" in kinds else []) + (
         [("pattern", *a) for a in patterns(size)] if "pattern" in kinds else []
@@ -1328,7 +1502,8 @@ def main() -> None:
         choices=(*SETS, "both", "all"),
         default="all",
         help="tuned (the art the typesetter was tuned on), unseen (drawn after, since tuned on), fresh and "
-        "wallpapers (drawn after the page read, never tuned on), both (tuned and unseen) or all",
+        "wallpapers (drawn after the page read), desktops (drawn after the bold sans authors), both (tuned and "
+        "unseen) or all",
     )
     parser.add_argument("--limit", type=int, default=0, help="the first N covers of each kind only (quick run)")
     parser.add_argument("--workers", type=int, default=2, help="tesseract processes at once")

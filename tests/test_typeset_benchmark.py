@@ -121,12 +121,18 @@ def test_the_fresh_sets_are_drawn_apart_from_the_older_ones(bench: ModuleType) -
     """Without fetching their photographs: the fresh and wallpapers sets name photographs, books and patterns
     that no older set has, each photograph by a sha256, enough of them for at least 100 covers, é the only accent."""
     older_photos = {p[1] for p in bench.PHOTOS} | {p[1] for p in bench.UNSEEN_PHOTOS}
-    for photos, crops in ((bench.FRESH_PHOTOS, bench.FRESH_CROPS), (bench.WALLPAPER_PHOTOS, bench.WALLPAPER_CROPS)):
+    sets = (
+        (bench.FRESH_PHOTOS, bench.FRESH_CROPS),
+        (bench.WALLPAPER_PHOTOS, bench.WALLPAPER_CROPS),
+        (bench.DESKTOP_PHOTOS, bench.DESKTOP_CROPS),
+    )
+    for photos, crops in sets:
         assert not {member.rsplit("/", 1)[-1] for _, member, _, _ in photos} & older_photos
         assert len({short for _, _, short, _ in photos}) == len(photos)
         assert all(len(digest) == 64 and archive in bench.FRESH_ARCHIVES for archive, _, _, digest in photos)
         assert len(photos) * len(crops) >= 60
-    assert not {p[3] for p in bench.FRESH_PHOTOS} & {p[3] for p in bench.WALLPAPER_PHOTOS}
+    digests = [p[3] for photos, _ in sets for p in photos]
+    assert len(set(digests)) == len(digests)
     older_titles = {b[0] for b in bench.BOOKS} | {b[0] for b in bench.UNSEEN_BOOKS}
     older_authors = {b[1] for b in bench.BOOKS} | {b[1] for b in bench.UNSEEN_BOOKS}
     assert len(bench.FRESH_BOOKS) == 48 and not {b[0] for b in bench.FRESH_BOOKS} & older_titles
@@ -134,8 +140,13 @@ def test_the_fresh_sets_are_drawn_apart_from_the_older_ones(bench: ModuleType) -
     assert {b[1] for b in bench.FRESH_BOOKS} & older_authors == {"Frank Delaney"}
     accents = {c for title, author, _ in bench.FRESH_BOOKS for c in title + author if ord(c) > 127}
     assert accents <= {"é"}, accents
+    # the desktops set's books: none of an older set's titles or authors
+    fresh_titles, fresh_authors = {b[0] for b in bench.FRESH_BOOKS}, {b[1] for b in bench.FRESH_BOOKS}
+    assert len(bench.DESKTOP_BOOKS) == 48
+    assert not {b[0] for b in bench.DESKTOP_BOOKS} & (older_titles | fresh_titles)
+    assert not {b[1] for b in bench.DESKTOP_BOOKS} & (older_authors | fresh_authors)
     size = (96, 160)
-    for seed in (bench.FRESH_SEED, bench.WALLPAPER_SEED):
+    for seed in (bench.FRESH_SEED, bench.WALLPAPER_SEED, bench.DESKTOP_SEED):
         patterns = bench.fresh_pattern_art(size, seed)
         assert len(patterns) == 40 and len({name for name, _ in patterns}) == 40
         assert all(image.size == size and image.mode == "RGB" for _, image in patterns)
