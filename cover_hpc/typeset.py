@@ -487,18 +487,35 @@ def set_lines(lines: Sequence[str], face: str, size: int, stroke: int = 0, word_
     return SetText(tuple(lines), face, size, stroke, tuple(origins), pieces, tuple(line_boxes), width, bottom - top)
 
 
-def _best_breaks(words: Sequence[tuple[str, str]], lines: int, width_of: Any) -> tuple[tuple[str, ...], float]:
-    """The break into ``lines`` lines whose widest line is narrowest (balanced lines), and that width."""
+# A designer breaks a title by sense and keeps a short word with the word it leads ("Essays / on Surveillance",
+# not "Essays on / Surveillance"). Tesseract's English model, reading a line that ends in one, added a full stop
+# after it ("Essays on. Surveillance", "Second Chances in. Portofino") or ran it into the next line ("Notes ona
+# Quiet Life", from "Notes on a / Quiet Life"): a break after such a word counts as a line this much wider.
+SHORT_WORD_LETTERS = 2  # a word of 1-2 letters and no digits ("a", "on", "in", "Dr.", "I") leads the next word
+STRANDED_PENALTY = 0.25
+
+
+def _strands(word: str) -> bool:
+    """Whether a line ending in ``word`` strands a short word that leads the next one."""
+    letters = sum(c.isalpha() for c in word)
+    return 1 <= letters <= SHORT_WORD_LETTERS and not any(c.isdigit() for c in word) and not _breaks_around(word[0])
+
+
+def _best_breaks(words: Sequence[tuple[str, str]], lines: int, width_of: Any) -> tuple[tuple[str, ...], float, float]:
+    """The break into ``lines`` lines whose widest line is narrowest (balanced lines), that width, and the choice's
+    handicap: each line ending in a short word counts as ``STRANDED_PENALTY`` wider (1 where none does)."""
     count = len(words)
-    best: tuple[float, tuple[int, ...]] | None = None
+    best: tuple[float, float, tuple[int, ...]] | None = None
     for cuts in _cuts(count, lines):
         bounds = (0, *cuts, count)
         widest = max(width_of(a, b) for a, b in itertools.pairwise(bounds))
-        if best is None or widest < best[0]:
-            best = (widest, bounds)
+        stranded = sum(_strands(words[cut - 1][1]) for cut in cuts)
+        handicap = 1 + STRANDED_PENALTY * stranded
+        if best is None or widest * handicap < best[0] * best[1]:
+            best = (widest, handicap, bounds)
     assert best is not None
-    bounds = best[1]
-    return tuple(_join(words[a:b]) for a, b in itertools.pairwise(bounds)), best[0]
+    bounds = best[2]
+    return tuple(_join(words[a:b]) for a, b in itertools.pairwise(bounds)), best[0], best[1]
 
 
 def fit(text: str, face: str, box: tuple[int, int], max_lines: int, sizes: tuple[int, int], role: str,
@@ -516,19 +533,20 @@ def fit(text: str, face: str, box: tuple[int, int], max_lines: int, sizes: tuple
     at_smallest = width_of(0, len(words)) * smallest / REFERENCE_SIZE
     if at_smallest > max_lines * box[0]:  # hopeless whatever the breaks: say so before trying them all
         raise TextDoesNotFit(role, text, box[0] * max_lines / at_smallest * smallest, smallest, max_lines)
-    estimates = []
+    estimates = []  # (the size it would take, handicapped for stranded short words; -lines; the lines; handicap)
     for count in range(1, min(max_lines, len(words)) + 1):
-        lines, widest = _best_breaks(words, count, width_of)
+        lines, widest, handicap = _best_breaks(words, count, width_of)
         by_width = box[0] / (widest / REFERENCE_SIZE)
         by_height = box[1] / ((count - 1) * LEADING + 1.15)
-        estimates.append((min(by_width, by_height, largest), -count, lines))
+        estimates.append((min(by_width, by_height, largest) / handicap, -count, lines, handicap))
     best: SetText | None = None
-    for estimate, _, lines in sorted(estimates, reverse=True):
-        if best is not None and estimate < best.size:
+    best_score = 0.0
+    for score, _, lines, handicap in sorted(estimates, reverse=True):
+        if best is not None and score < best_score:
             break
-        candidate = _shrink_to_fit(lines, face, math.floor(estimate), box, smallest, word_space)
-        if candidate is not None and (best is None or candidate.size > best.size):
-            best = candidate
+        candidate = _shrink_to_fit(lines, face, math.floor(score * handicap), box, smallest, word_space)
+        if candidate is not None and (best is None or candidate.size / handicap > best_score):
+            best, best_score = candidate, candidate.size / handicap
     if best is None:
         raise TextDoesNotFit(role, text, max(e[0] for e in estimates), smallest, max_lines)
     return best

@@ -152,8 +152,22 @@ def test_a_title_that_cannot_fit_legibly_is_an_error_and_writes_nothing(tmp_path
 
 def test_wrapping_balances_lines_and_keeps_words_whole() -> None:
     words = ts.tokens("one two three four five six")
-    lines, _ = ts._best_breaks(words, 2, lambda a, b: len(ts._join(words[a:b])))
-    assert lines == ("one two three", "four five six")
+    lines, _, handicap = ts._best_breaks(words, 2, lambda a, b: len(ts._join(words[a:b])))
+    assert lines == ("one two three", "four five six") and handicap == 1
+
+
+def test_a_line_does_not_end_in_a_short_word_that_leads_the_next() -> None:
+    """A title broken "Essays on / Surveillance" read "Essays on. Surveillance" (tesseract, English): no more."""
+    words = ts.tokens("Essays on Surveillance")
+    lines, _, handicap = ts._best_breaks(words, 2, lambda a, b: len(ts._join(words[a:b])))
+    assert lines == ("Essays", "on Surveillance") and handicap == 1
+    assert [ts._strands(w) for w in ("a", "on", "Dr.", "I", "of", "the", "12", "1984", "東")] == [
+        True, True, True, True, True, False, False, False, False]  # fmt: skip
+    # where every break strands one, the handicap says so, and fit() weighs the line counts by it
+    words = ts.tokens("Up in it")
+    assert ts._best_breaks(words, 2, lambda a, b: len(ts._join(words[a:b])))[2] == 1 + ts.STRANDED_PENALTY
+    block = ts.fit("Notes on a Quiet Life", ts.font_set([]).faces[0][0], (1400, 900), 3, (40, 400), "title")
+    assert not any(ts._strands(line.split(" ")[-1]) for line in block.lines[:-1]), block.lines
     assert ts.tokens("東京 物語") == [("", "東"), ("", "京"), (" ", "物"), ("", "語")]  # CJK breaks anywhere
 
 
