@@ -83,9 +83,11 @@ minutes on a shared 2-core box; ``--size 1024x1536`` about half that.
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -1220,6 +1222,46 @@ def collapse(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
+# Letters with no decomposition to a base letter, as a reader without them spells them (ø in "Sørensen": o)
+UNDECOMPOSED = str.maketrans({"ø": "o", "Ø": "O", "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "ħ": "h", "ı": "i",
+                              "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ß": "ss"})  # fmt: skip
+
+
+@functools.cache
+def reader_alphabet(language: str = "eng") -> frozenset[str] | None:
+    """The characters the reader's model can write: the LSTM unicharset inside its traineddata, unpacked with
+    tesseract's own combine_tessdata. Debian's English model has é and no other accented letter, so no cover can
+    read back "Sørensen" or "Núria" exactly whatever its design. None where the tools cannot say."""
+    listing = subprocess.run(["tesseract", "--list-langs"], capture_output=True, text=True, check=False).stdout
+    folder = re.search(r'"([^"]+)"', listing)
+    model = Path(folder.group(1)) / f"{language}.traineddata" if folder else None
+    if model is None or not model.is_file():
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        done = subprocess.run(["combine_tessdata", "-u", str(model), f"{scratch}/{language}."],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        unicharset = Path(scratch) / f"{language}.lstm-unicharset"
+        if done.returncode or not unicharset.is_file():
+            return None
+        entries = unicharset.read_text(encoding="utf-8").splitlines()[1:]
+    return frozenset(line.split(" ")[0] for line in entries if len(line.split(" ")[0]) == 1)
+
+
+def as_reader_spells(text: str, alphabet: frozenset[str] | None) -> str:
+    """``text`` with each letter the reader cannot write replaced by its base letter (ó: o, ø: o), the rest
+    exactly as given: what a reader with that alphabet writes when it reads the cover right."""
+    if alphabet is None:
+        return text
+    spelled = []
+    for character in text:
+        if character in alphabet or character.isspace():
+            spelled.append(character)
+            continue
+        base = "".join(c for c in unicodedata.normalize("NFKD", character) if not unicodedata.combining(c))
+        spelled.append(base.translate(UNDECOMPOSED) or character)
+    return "".join(spelled)
+
+
 def tesseract(path: Path, psm: int | None = None) -> str:
     command = ["tesseract", str(path), "stdout", "-l", "eng"] + (["--psm", str(psm)] if psm else [])
     env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
@@ -1322,6 +1364,9 @@ def finish(pending: Pending) -> dict[str, Any]:
     record = pending.record
     if pending.whole is None:
         for key in (
+            "title_alphabet_exact",
+            "author_alphabet_exact",
+            "both_alphabet_exact",
             "title_exact",
             "author_exact",
             "both_exact",
@@ -1338,9 +1383,14 @@ def finish(pending: Pending) -> dict[str, Any]:
     sparse = collapse(pending.sparse.result()) if pending.sparse is not None else ""
     record["read_sparse"] = sparse
     folded = fold(read)
+    alphabet = reader_alphabet()
     for role in ("title", "author"):
         wanted = collapse(record[role])
         record[role + "_exact"] = wanted in read
+        spelled = as_reader_spells(wanted, alphabet)
+        record[role + "_alphabet_exact"] = spelled in read
+        if spelled != wanted:
+            record[role + "_as_reader_spells"] = spelled
         record[role + "_folded"] = fold(wanted) in folded
         record[role + "_sparse_exact"] = wanted in sparse
         crop = pending.crops.get(role)
@@ -1351,6 +1401,7 @@ def finish(pending: Pending) -> dict[str, Any]:
         else:
             record[role + "_crop_exact"] = False
     record["both_exact"] = record["title_exact"] and record["author_exact"]
+    record["both_alphabet_exact"] = record["title_alphabet_exact"] and record["author_alphabet_exact"]
     record["both_sparse_exact"] = record["title_sparse_exact"] and record["author_sparse_exact"]
     return record
 
@@ -1388,6 +1439,8 @@ def figures(records: list[dict[str, Any]]) -> dict[str, Any]:
         "titles": sum(r["title_exact"] for r in records),
         "authors": sum(r["author_exact"] for r in records),
         "both": sum(r["both_exact"] for r in records),
+        "both_alphabet": sum(r.get("both_alphabet_exact", False) for r in records),
+        "beyond_alphabet": sum(any(r.get(role + "_as_reader_spells") for role in ("title", "author")) for r in records),
         "titles_folded": sum(r.get("title_folded", False) for r in records),
         "authors_folded": sum(r.get("author_folded", False) for r in records),
         "both_sparse": sum(r.get("both_sparse_exact", False) for r in records),
@@ -1443,6 +1496,10 @@ def report(records: list[dict[str, Any]], wall_s: float) -> tuple[dict[str, Any]
     print(table(rows, columns))
     print(f"# whole-cover reads with accents, typographic quotes and dashes folded: titles {fig['titles_folded']}/{n}, "
           f"authors {fig['authors_folded']}/{n}")  # fmt: skip
+    alphabet = reader_alphabet()
+    print(f"# {fig['beyond_alphabet']} covers have a letter the reader's model cannot write "
+          f"({'its alphabet unknown' if alphabet is None else f'{len(alphabet)} characters in it'}); read exactly "
+          f"with each such letter as the reader spells it (ó: o, ø: o): {_pct(fig['both_alphabet'], n)}")  # fmt: skip
     print(f"# salient region by the top-15% fallback (Otsu degenerate): photos {fig['salient_photo_top15']}, "
           f"patterns {fig['salient_pattern_top15']}")  # fmt: skip
     misses = [r for r in records if not r["both_exact"] or (r.get("contrast") or 0) < 4.5]
@@ -1456,8 +1513,10 @@ def report(records: list[dict[str, Any]], wall_s: float) -> tuple[dict[str, Any]
         lines = [f"{where}: contrast {r['contrast']:.2f}" + (f", unread: {', '.join(wrong)}" if wrong else "")]
         for role in wrong:
             block = r.get(role + "_block") or {}
+            spelled = r.get(role + "_as_reader_spells")
+            beyond = f", as the reader spells it {spelled!r}: {'read' if r[role + '_alphabet_exact'] else 'unread'}"
             lines.append(f"      {role} {r[role]!r} ({block.get('colour')} {block.get('treatment')}) "
-                         f"crop read {r.get(role + '_crop_read', '')!r}")  # fmt: skip
+                         f"crop read {r.get(role + '_crop_read', '')!r}" + (beyond if spelled else ""))  # fmt: skip
         if wrong:
             lines.append(f"      whole cover read {r['read'][:160]!r}")
         print("\n".join(lines))
@@ -1465,7 +1524,8 @@ def report(records: list[dict[str, Any]], wall_s: float) -> tuple[dict[str, Any]
     photo_mean = 100 * (fig["salient_photo_mean"] or 0)
     photo_max = 100 * (fig["salient_photo_max"] or 0)
     cmin = "n/a" if fig["contrast_min"] is None else f"{fig['contrast_min']:.2f}"
-    line = (f"covers {n}, read {_pct(fig['both'], n)}, titles {fig['titles']}/{n}, authors {fig['authors']}/{n}, "
+    line = (f"covers {n}, read {_pct(fig['both'], n)} (in the reader's alphabet {_pct(fig['both_alphabet'], n)}), "
+            f"titles {fig['titles']}/{n}, authors {fig['authors']}/{n}, "
             f"sparse-text mode {_pct(fig['both_sparse'], n)}, typesetter's own page read {fig['self_read']}/{n} "
             f"(laid out again {fig['retried']}, art washed {fig['washed']}), "
             f"worst-glyph contrast min {cmin} ({fig['contrast_below']} below 4.5), salient coverage photos mean "
