@@ -623,6 +623,8 @@ FRESH_ARCHIVES = {  # name: (pip download arguments, the archive file pip writes
     "plasma": (["apt", "plasma-workspace-wallpapers=4:5.27.5-2"], "plasma-workspace-wallpapers_4%3a5.27.5-2_all.deb"),
     "ukui": (["apt", "ukui-wallpapers=20.04.3-1.1"], "ukui-wallpapers_20.04.3-1.1_all.deb"),
     "gnome": (["apt", "gnome-backgrounds=43.1-1"], "gnome-backgrounds_43.1-1_all.deb"),
+    # and the samples set's (the other two are opencv's and pillow's above)
+    "facerec": (["face_recognition==1.3.0", "--no-binary", "face_recognition"], "face_recognition-1.3.0.tar.gz"),
 }  # fmt: skip
 _CV, _PIL = "opencv-python-4.10.0.84/opencv/samples/data/", "pillow-10.4.0/Tests/images/"
 FRESH_PHOTOS = (  # (archive, file inside it, short name, sha256 of that file)
@@ -931,6 +933,119 @@ DESKTOP_BOOKS: tuple[tuple[str, str, list[str]], ...] = (
 )
 
 
+# The fourth fresh set, "samples" (drawn on 2026-12-07 after the desktops set's runs and the line-break change,
+# never tuned on): 37 photographs and drawings no older set has, from three source archives on PyPI: the rest of
+# opencv-python's sample pictures (but its near-duplicates, the stereo pairs and lena), the pictures among
+# Pillow's test images, and the four portraits of face_recognition's tests; 3 crops each, 40 patterns from
+# seed 2031, and 48 more books.
+_FR = "face_recognition-1.3.0/tests/test_images/"
+SAMPLE_PHOTOS = (  # (archive, file inside it, short name, sha256 of that file)
+    ("opencv", _CV + "messi5.jpg", "football", "1d570e49654e84c7a943918537bd9e5e1ef82920152e147c834006e235be97c9"),
+    ("opencv", _CV + "home.jpg", "palace", "23b8cf46a1965d0ec33459b875aed43187802834db49e0daa9fa2cc842e9d8d2"),
+    ("opencv", _CV + "butterfly.jpg", "butterfly", "34a99716b78ded10eae87b4880de739d3e68cc7dd1a96812bb28f469d5eeaea8"),
+    ("opencv", _CV + "basketball1.png", "basketball",
+     "ba06f6701f7260998b430c39b6557f775497e6ce7b1a74f0b7ea6af371bf54a6"),
+    ("opencv", _CV + "smarties.png", "sweets", "ad3f751c053fdcf432687c1bc0e56a61a9119d2bb2ae29365f8aa6534fc77417"),
+    ("opencv", _CV + "board.jpg", "circuit", "4c9a24ba67138ad5486d550f586cc5dd1161be112f1c1bea336d6c550cdf255f"),
+    ("opencv", _CV + "box_in_scene.png", "box_in_scene",
+     "8b0225ff76244a42bd1400c0904f8b7afea7d97b7d8115495e42e98ad347bd51"),
+    ("opencv", _CV + "aero1.jpg", "aerial", "d9a69191f6e3642ea361bc3c62e677b2f40fe6534b78da540f4155e0734b59ef"),
+    ("opencv", _CV + "Blender_Suzanne1.jpg", "suzanne",
+     "bc3330e78e3456688e22b62fe033b8b2444fd016df567b1782bcc9baaead8e02"),
+    ("opencv", _CV + "stuff.jpg", "desk", "21cd00afbdd0727f445dd91c0a09633e6345ed5b05a3d2355453a1f3c314c6c5"),
+    ("opencv", _CV + "rubberwhale1.png", "toys", "eb312435369dac9efcc92f7e098edbd9ed8d7e6dfede8b3b4d8e3702cd80b796"),
+    ("opencv", _CV + "pic2.png", "noise_squares", "8c32d76f17c2eca78a1402fd1bb48144785e5397ff5a24de68c36b0f76b1f055"),
+    ("opencv", _CV + "cards.png", "cards", "acf2d347e8de7fbb0edbf457c8fb467cb6d16d4166c92f40e68f3831e06149ac"),
+    ("opencv", _CV + "graf3.png", "mural", "492e0e96f21748d093e1a29f4dbfd46528bd75966937e85ce7c8abc0f361fc15"),
+    ("opencv", _CV + "aruco/choriginal.jpg", "calibration",
+     "12eddb0bd4c67cc45ad00f3eec7870241eb19843173e0f212eee7e70ee5c3d1e"),
+    ("opencv", _CV + "left01.jpg", "chessboard", "9621899098adffa1440c8264606bb7be535ccfd9ad126ae8e0bd9b0c5a5b8676"),
+    ("opencv", _CV + "licenseplate_motion.jpg", "car",
+     "ea6fa9cea75df91bec656d1d3b903111a9c0708c6a3b88f405a5156de38ff9d6"),
+    ("opencv", _CV + "ellipses.jpg", "ellipses", "775f8bd606ba5184907a0851474dc39893e11a296e0af233e8b00f7afbde1866"),
+    ("opencv", _CV + "HappyFish.jpg", "cartoon_fish",
+     "ade5b67347d7f89b1539c93843f3f7178782a7e34eb1fe586f4a785c3e60a432"),
+    ("opencv", _CV + "sudoku.png", "sudoku", "3cd9ab173f7178c0a16bba9f867062b58b5d60918d5aeb8ced85cba0b24c353a"),
+    ("opencv", _CV + "text_defocus.jpg", "defocused_page",
+     "ffea13e23e2bdce60e50e43e5950d76d542a61a820c03c28fbb8f11b26edfdb6"),
+    ("opencv", _CV + "ml.png", "robot", "df95ee4045dc769d824ce6254acc731f37e0326d205899485f7276ce0fdde3c9"),
+    ("opencv", _CV + "pic5.png", "shapes", "fa1f0dcc715867c5c8684f53d29ed2bfa013f8669aa1f73864fb7d315638a02b"),
+    ("pillow", _PIL + "flower2.jpg", "heather", "4462d640037c4040c39695b6fbd8203d539ad371e30ec35b663801b8d6621dc2"),
+    ("pillow", _PIL + "icc_profile_big.jpg", "seaside",
+     "9329fadea9654d127bdf1f5c31d0583a5797282ffc45d668662da4df6ee4c3dd"),
+    ("pillow", _PIL + "app13-multiple.jpg", "puppies",
+     "1fbf57a5ef811845df2795ff91269fe248dc6e98386b7c2b42dc1cd3a7aaa55b"),
+    ("pillow", _PIL + "exif-72dpi-int.jpg", "peak", "9a77846a19a58f29bae67233c99f29fd2361536044176077c1ea4a2507c79b68"),
+    ("pillow", _PIL + "exif_gps_typeerror.jpg", "warplane",
+     "2ed5855e452e9798fc21c02e81213c84d0b4d52f2870212b179cdd1371a101a3"),
+    ("pillow", _PIL + "iss634.webp", "toy_figure", "e000f2c68d1dcbe0cb9b399e6f67031e624f9f1769950efad94e45596cf96f19"),
+    ("pillow", _PIL + "radial_gradients.png", "moire",
+     "f77549393101ea646b224364816c5d4234c92b29217c76ff256f129ee50b3d7d"),
+    ("pillow", _PIL + "exif_imagemagick.png", "starburst",
+     "7ae56e5daf3a86269b0cabe32be8b3a15bb7cbbec24e8f3f333a1e363e74d1d6"),
+    ("pillow", _PIL + "no_rows_per_strip.tif", "glow",
+     "88a7b03d4913ed72fed1316b07c8187e09ccf2652775b323ddd9c7afe928dde4"),
+    ("pillow", _PIL + "flower.jpg", "frangipani", "8a9d04b92d0de5836c59ede8ae421235488e4031e893e07b1fe7e4b78f6a9901"),
+    ("facerec", _FR + "biden.jpg", "portrait_a", "3c17508bb91554c637a2eabddfae790e5bb1caba93130814fc2ac50be9760c4c"),
+    ("facerec", _FR + "obama.jpg", "portrait_b", "0930e3aa8cae5920329c0c8cbc6a2ab70f47b0e67b432875beaa95cbf7e741f6"),
+    ("facerec", _FR + "obama2.jpg", "portrait_c", "a7efcc907375274796f39646510704aa86672d59f6d5469d69af3c85590976a6"),
+    ("facerec", _FR + "obama3.jpg", "portrait_d", "76ac6bf97c36dc2da0ad16a537d6a5ac1b10f48d49aac29a0cca9a17cdbc3ca3"),
+)  # fmt: skip
+SAMPLE_CROPS = ((0.95, 0.4, 0.5), (0.7, 0.85, 0.2), (0.5, 0.1, 0.75))
+SAMPLE_SEED = 2031
+
+SAMPLE_BOOKS: tuple[tuple[str, str, list[str]], ...] = (
+    ("The Winter Orchard", "Anneliese Vogel", ROMANCE),
+    ("Static", "Jonas Webber", THRILLER),
+    ("The Long Dark Between Stars", "Kenji Morita", SF),
+    ("Crown of Thorns and Roses", "Evangeline Thorpe", FANTASY),
+    ("Slow Bread", "Martha Quill", NONE),
+    ("Her Majesty's Spy", "Cecily Hart", THRILLER),
+    ("Red Planet Rising", "Ibrahim Sesay", SF),
+    ("The Summer Cottage", "Louisa Fenwick", ROMANCE),
+    ("Goblin Market Days", "Rhys Llewellyn", FANTASY),
+    ("A Short History of Salt", "Dr. Conrad Ames", NONE),
+    ("Blindspot", "Tessa Morgan", THRILLER),
+    ("Orbital Decay", "Anya Petrović", SF),
+    ("The Mapmaker's Wife", "Clémence Arnaud", ROMANCE),
+    ("Song of the Salt Witch", "Maeve O'Connell", FANTASY),
+    ("The Tidy Mind", "Grace Obi", NONE),
+    ("Final Cut", "Hugo Marchand", THRILLER),
+    ("Andromeda Falls", "Xavier Dunn", SF),
+    ("Three Weddings in Tuscany", "Serena Galli", ROMANCE),
+    ("The Hollow Crown of Vael", "Torin Blackthorn", FANTASY),
+    ("Walking the Camino", "Father Miguel Soto", NONE),
+    ("Cold Trail", "Bridget Keane", THRILLER),
+    ("The Andros Signal", "Lena Hoffmann", SF),
+    ("Sweet Tea & Secrets", "Daisy Beaumont", ROMANCE),
+    ("Runes of the Frozen North", "Eirik Solheim", FANTASY),
+    ("The Numbers Game", "Alan Greenberg", NONE),
+    ("Deadline", "Carla Mendes", THRILLER),
+    ("Exodus 2150", "Tobias Ekwueme", SF),
+    ("Love at Second Sight", "Annabel Royce", ROMANCE),
+    ("The Starlit Forge", "Kaelen Dusk", FANTASY),
+    ("Wild Swimming", "Freya Dalton", NONE),
+    ("Burned Bridges", "Marco Rinaldi", THRILLER),
+    ("Lunar Winter", "Sakura Ito", SF),
+    ("Postcards from Paris", "Margaux Lévesque", ROMANCE),
+    ("The Faerie Door", "Bronwyn Teller", FANTASY),
+    ("Raising Bees", "Walter Higgins", NONE),
+    ("The Informant", "Stefan Kraus", THRILLER),
+    ("Machine Dreams", "Ayesha Siddiqui", SF),
+    ("A Song for Sunday", "Ruby Okonkwo", ROMANCE),
+    ("Dragonsworn", "Aldric Fenn", FANTASY),
+    ("Everyday Stoicism", "Prof. Helena Voss", NONE),
+    ("Ghost Town", "Wade Colter", THRILLER),
+    ("The Silent Planet Protocol", "Dr. Yusuf Demir", SF),
+    ("Midsummer Kisses", "Isla McKenzie", ROMANCE),
+    ("The Ember Throne", "Seraphine Gray", FANTASY),
+    ("The Art of Mending", "Noriko Sato", NONE),
+    ("Eyewitness", "Patrick Boyle", THRILLER),
+    ("Starship Orphans", "Mina Kowalski", SF),
+    ("Crème Brûlée at Midnight", "Odette Marchal", ROMANCE),
+)
+
+
 def _fetch_archive(name: str, cache: Path) -> Path:
     """The archive of ``FRESH_ARCHIVES[name]`` in ``cache``, downloaded with pip (no install) if missing."""
     arguments, file_name = FRESH_ARCHIVES[name]
@@ -1047,6 +1162,14 @@ def desktop_pattern_art(size: tuple[int, int]) -> list[tuple[str, Image.Image]]:
     return fresh_pattern_art(size, DESKTOP_SEED)
 
 
+def sample_photo_art(size: tuple[int, int]) -> list[tuple[str, Image.Image]]:
+    return fresh_photo_art(size, SAMPLE_PHOTOS, SAMPLE_CROPS)
+
+
+def sample_pattern_art(size: tuple[int, int]) -> list[tuple[str, Image.Image]]:
+    return fresh_pattern_art(size, SAMPLE_SEED)
+
+
 def _palette(rng: np.random.Generator, count: int) -> list[tuple[int, int, int]]:
     return [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(count)]  # type: ignore[misc]
 
@@ -1117,18 +1240,19 @@ def fresh_pattern_art(size: tuple[int, int], seed: int = FRESH_SEED) -> list[tup
     return [(name, Image.fromarray(np.ascontiguousarray(pixels))) for name, (_, pixels) in pairs]
 
 
-SETS = ("tuned", "unseen", "fresh", "wallpapers", "desktops")
+SETS = ("tuned", "unseen", "fresh", "wallpapers", "desktops", "samples")
 
 
 def make_set(size: tuple[int, int], kinds: tuple[str, ...] = ("photo", "pattern"), which: str = "tuned") -> list[Cover]:
     """``which``: "tuned" (the set the typesetter's constants were set on), "unseen" (art drawn after them, since
-    tuned on), "fresh" and "wallpapers" (drawn after the page read) or "desktops" (drawn after the bold sans
-    authors)."""
+    tuned on), "fresh" and "wallpapers" (drawn after the page read), "desktops" (drawn after the bold sans
+    authors) or "samples" (drawn after the line-break change)."""
     photos, patterns, books = {"tuned": (photo_art, pattern_art, BOOKS),
                                "unseen": (unseen_photo_art, unseen_pattern_art, UNSEEN_BOOKS),
                                "fresh": (fresh_photo_art, fresh_pattern_art, FRESH_BOOKS),
                                "wallpapers": (wallpaper_photo_art, wallpaper_pattern_art, WALLPAPER_BOOKS),
                                "desktops": (desktop_photo_art, desktop_pattern_art, DESKTOP_BOOKS),
+                               "samples": (sample_photo_art, sample_pattern_art, SAMPLE_BOOKS),
                                }[which]  # fmt: skip
     art = ([("photo", *a) for a in photos(size)] if "photo" in kinds else []) + (
         [("pattern", *a) for a in patterns(size)] if "pattern" in kinds else []
@@ -1428,6 +1552,11 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def _beyond(record: dict[str, Any]) -> bool:
+    """Whether the cover's title or author has a letter the reader's model cannot write."""
+    return any(record.get(role + "_as_reader_spells") for role in ("title", "author"))
+
+
 def figures(records: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(records)
     ok = [r for r in records if "error" not in r]
@@ -1440,7 +1569,8 @@ def figures(records: list[dict[str, Any]]) -> dict[str, Any]:
         "authors": sum(r["author_exact"] for r in records),
         "both": sum(r["both_exact"] for r in records),
         "both_alphabet": sum(r.get("both_alphabet_exact", False) for r in records),
-        "beyond_alphabet": sum(any(r.get(role + "_as_reader_spells") for role in ("title", "author")) for r in records),
+        "beyond_alphabet": sum(_beyond(r) for r in records),
+        "both_writable": sum(r["both_exact"] for r in records if not _beyond(r)),  # of the covers it can write
         "titles_folded": sum(r.get("title_folded", False) for r in records),
         "authors_folded": sum(r.get("author_folded", False) for r in records),
         "both_sparse": sum(r.get("both_sparse_exact", False) for r in records),
@@ -1499,7 +1629,9 @@ def report(records: list[dict[str, Any]], wall_s: float) -> tuple[dict[str, Any]
     alphabet = reader_alphabet()
     print(f"# {fig['beyond_alphabet']} covers have a letter the reader's model cannot write "
           f"({'its alphabet unknown' if alphabet is None else f'{len(alphabet)} characters in it'}); read exactly "
-          f"with each such letter as the reader spells it (ó: o, ø: o): {_pct(fig['both_alphabet'], n)}")  # fmt: skip
+          f"with each such letter as the reader spells it (ó: o, ø: o): {_pct(fig['both_alphabet'], n)}; "
+          f"of the other {n - fig['beyond_alphabet']}, read exactly: "
+          f"{_pct(fig['both_writable'], n - fig['beyond_alphabet'])}")  # fmt: skip
     print(f"# salient region by the top-15% fallback (Otsu degenerate): photos {fig['salient_photo_top15']}, "
           f"patterns {fig['salient_pattern_top15']}")  # fmt: skip
     misses = [r for r in records if not r["both_exact"] or (r.get("contrast") or 0) < 4.5]
@@ -1524,7 +1656,9 @@ def report(records: list[dict[str, Any]], wall_s: float) -> tuple[dict[str, Any]
     photo_mean = 100 * (fig["salient_photo_mean"] or 0)
     photo_max = 100 * (fig["salient_photo_max"] or 0)
     cmin = "n/a" if fig["contrast_min"] is None else f"{fig['contrast_min']:.2f}"
-    line = (f"covers {n}, read {_pct(fig['both'], n)} (in the reader's alphabet {_pct(fig['both_alphabet'], n)}), "
+    writable = n - fig["beyond_alphabet"]
+    line = (f"covers {n}, read {_pct(fig['both'], n)} (in the reader's alphabet {_pct(fig['both_alphabet'], n)}; "
+            f"of the {writable} it can write, {_pct(fig['both_writable'], writable)}), "
             f"titles {fig['titles']}/{n}, authors {fig['authors']}/{n}, "
             f"sparse-text mode {_pct(fig['both_sparse'], n)}, typesetter's own page read {fig['self_read']}/{n} "
             f"(laid out again {fig['retried']}, art washed {fig['washed']}), "
@@ -1562,8 +1696,8 @@ def main() -> None:
         choices=(*SETS, "both", "all"),
         default="all",
         help="tuned (the art the typesetter was tuned on), unseen (drawn after, since tuned on), fresh and "
-        "wallpapers (drawn after the page read), desktops (drawn after the bold sans authors), both (tuned and "
-        "unseen) or all",
+        "wallpapers (drawn after the page read), desktops (after the bold sans authors), samples (after the "
+        "line breaks), both (tuned and unseen) or all",
     )
     parser.add_argument("--limit", type=int, default=0, help="the first N covers of each kind only (quick run)")
     parser.add_argument("--workers", type=int, default=2, help="tesseract processes at once")
