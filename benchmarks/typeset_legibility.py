@@ -1552,6 +1552,10 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def _plain(record: dict[str, Any]) -> bool:
+    return (record["title"] + record["author"]).isascii()
+
+
 def _beyond(record: dict[str, Any]) -> bool:
     """Whether the cover's title or author has a letter the reader's model cannot write."""
     return any(record.get(role + "_as_reader_spells") for role in ("title", "author"))
@@ -1571,6 +1575,8 @@ def figures(records: list[dict[str, Any]]) -> dict[str, Any]:
         "both_alphabet": sum(r.get("both_alphabet_exact", False) for r in records),
         "beyond_alphabet": sum(_beyond(r) for r in records),
         "both_writable": sum(r["both_exact"] for r in records if not _beyond(r)),  # of the covers it can write
+        "plain": sum(_plain(r) for r in records),  # title and author in ASCII letters and marks only
+        "both_plain": sum(r["both_exact"] for r in records if _plain(r)),
         "titles_folded": sum(r.get("title_folded", False) for r in records),
         "authors_folded": sum(r.get("author_folded", False) for r in records),
         "both_sparse": sum(r.get("both_sparse_exact", False) for r in records),
@@ -1631,7 +1637,8 @@ def report(records: list[dict[str, Any]], wall_s: float) -> tuple[dict[str, Any]
           f"({'its alphabet unknown' if alphabet is None else f'{len(alphabet)} characters in it'}); read exactly "
           f"with each such letter as the reader spells it (ó: o, ø: o): {_pct(fig['both_alphabet'], n)}; "
           f"of the other {n - fig['beyond_alphabet']}, read exactly: "
-          f"{_pct(fig['both_writable'], n - fig['beyond_alphabet'])}")  # fmt: skip
+          f"{_pct(fig['both_writable'], n - fig['beyond_alphabet'])}; of the {fig['plain']} with no accented "
+          f"letter at all, {_pct(fig['both_plain'], fig['plain'])}")  # fmt: skip
     print(f"# salient region by the top-15% fallback (Otsu degenerate): photos {fig['salient_photo_top15']}, "
           f"patterns {fig['salient_pattern_top15']}")  # fmt: skip
     misses = [r for r in records if not r["both_exact"] or (r.get("contrast") or 0) < 4.5]

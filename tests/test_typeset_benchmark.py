@@ -255,3 +255,4 @@ def test_a_letter_the_reader_cannot_write_is_scored_as_the_reader_spells_it(benc
     assert not scored["both_exact"] and scored["both_alphabet_exact"]
     assert scored["author_as_reader_spells"] == "Dr. Elin Sorensen" and "title_as_reader_spells" not in scored
     assert bench._beyond(scored) and not bench._beyond({"title": "Renée", "author": "Mara Quinn"})
+    assert not bench._plain(scored) and bench._plain({"title": "Ashes", "author": "Mara Quinn"})
