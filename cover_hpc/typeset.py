@@ -498,7 +498,7 @@ STRANDED_PENALTY = 0.25
 def _strands(word: str) -> bool:
     """Whether a line ending in ``word`` strands a short word that leads the next one."""
     letters = sum(c.isalpha() for c in word)
-    return 1 <= letters <= SHORT_WORD_LETTERS and not any(c.isdigit() for c in word) and not _breaks_around(word[0])
+    return 1 <= letters <= SHORT_WORD_LETTERS and not any(c.isdigit() or _breaks_around(c) for c in word)
 
 
 def _best_breaks(words: Sequence[tuple[str, str]], lines: int, width_of: Any) -> tuple[tuple[str, ...], float, float]:
