@@ -14,29 +14,12 @@ from typing import Any
 
 import common  # noqa: F401  (the torchvision hook, the repo on sys.path)
 
-UNET: dict[str, Any] = {
-    "sample_size": 128, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
-    "block_out_channels": (320, 640, 1280),
-    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    "transformer_layers_per_block": (1, 2, 10), "attention_head_dim": (5, 10, 20),
-    "cross_attention_dim": 2048, "use_linear_projection": True, "addition_embed_type": "text_time",
-    "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816, "norm_num_groups": 32,
-}  # fmt: skip
-VAE: dict[str, Any] = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2,
-    "block_out_channels": (128, 256, 512, 512), "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4, "norm_num_groups": 32, "sample_size": 1024,
-    "scaling_factor": 0.13025, "force_upcast": True,
-}  # fmt: skip
-TEXT: dict[str, Any] = {  # CLIP ViT-L/14 text tower
-    "vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-    "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu", "projection_dim": 768,
-}  # fmt: skip
-TEXT_2: dict[str, Any] = {  # OpenCLIP ViT-bigG/14 text tower, with projection
-    "vocab_size": 49408, "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
-    "num_attention_heads": 20, "max_position_embeddings": 77, "hidden_act": "gelu", "projection_dim": 1280,
-}  # fmt: skip
+from cover_hpc.orchestrate import resources
+
+# The configurations are the estimate's own (``cover-hpc plan --resources``), so the benchmark builds the model
+# the estimate counts.
+UNET, VAE = resources.SDXL_UNET, resources.SDXL_VAE
+TEXT, TEXT_2 = resources.SDXL_TEXT, resources.SDXL_TEXT_2  # CLIP ViT-L/14; OpenCLIP ViT-bigG/14, with projection
 SCHEDULER: dict[str, Any] = {
     "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
     "timestep_spacing": "leading", "steps_offset": 1, "prediction_type": "epsilon",

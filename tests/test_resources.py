@@ -113,10 +113,9 @@ def test_configs_match_the_benchmark() -> None:
         module_spec.loader.exec_module(sdxl)
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    assert resources.SDXL_UNET == sdxl.UNET
-    assert resources.SDXL_VAE == sdxl.VAE
-    assert resources.SDXL_TEXT == sdxl.TEXT
-    assert resources.SDXL_TEXT_2 == sdxl.TEXT_2
+    # the benchmark builds (and times) the very configurations the estimate counts
+    assert sdxl.UNET is resources.SDXL_UNET and sdxl.VAE is resources.SDXL_VAE
+    assert sdxl.TEXT is resources.SDXL_TEXT and sdxl.TEXT_2 is resources.SDXL_TEXT_2
 
 
 def test_cli_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:

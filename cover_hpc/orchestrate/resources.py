@@ -67,8 +67,8 @@ from cover_hpc.spec.sweep import Run
 
 GIB = 1024**3
 
-# Full-size SDXL base 1.0 configurations (the same as benchmarks/sdxl.py; tests/test_resources.py checks it),
-# used when model.pretrained is the hub model and no local copy of its configs is at hand.
+# Full-size SDXL base 1.0 configurations (benchmarks/sdxl.py builds the model from these), used when
+# model.pretrained is the hub model and no local copy of its configs is at hand.
 SDXL_UNET: dict[str, Any] = {
     "sample_size": 128, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
     "block_out_channels": (320, 640, 1280),
