@@ -548,7 +548,7 @@ def fit(text: str, face: str, box: tuple[int, int], max_lines: int, sizes: tuple
         if candidate is not None and (best is None or candidate.size / handicap > best_score):
             best, best_score = candidate, candidate.size / handicap
     if best is None:
-        raise TextDoesNotFit(role, text, max(e[0] for e in estimates), smallest, max_lines)
+        raise TextDoesNotFit(role, text, max(e[0] * e[3] for e in estimates), smallest, max_lines)  # unhandicapped
     return best
 
 

@@ -156,7 +156,7 @@ def test_wrapping_balances_lines_and_keeps_words_whole() -> None:
     assert lines == ("one two three", "four five six") and handicap == 1
 
 
-def test_a_line_does_not_end_in_a_short_word_that_leads_the_next() -> None:
+def test_a_line_does_not_end_in_a_short_word_that_leads_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
     """A title broken "Essays on / Surveillance" read "Essays on. Surveillance" (tesseract, English): no more."""
     words = ts.tokens("Essays on Surveillance")
     lines, _, handicap = ts._best_breaks(words, 2, lambda a, b: len(ts._join(words[a:b])))
@@ -168,6 +168,16 @@ def test_a_line_does_not_end_in_a_short_word_that_leads_the_next() -> None:
     assert ts._best_breaks(words, 2, lambda a, b: len(ts._join(words[a:b])))[2] == 1 + ts.STRANDED_PENALTY
     block = ts.fit("Notes on a Quiet Life", ts.font_set([]).faces[0][0], (1400, 900), 3, (40, 400), "title")
     assert not any(ts._strands(line.split(" ")[-1]) for line in block.lines[:-1]), block.lines
+    # refused, the size it names is the size the text would take, not the handicapped score: every break of
+    # "Up in it" strands a short word, so the breaks are the same with the handicap off and so is the size
+    face = ts.font_set([]).faces[0][0]
+    needed = []
+    for penalty in (ts.STRANDED_PENALTY, 0.0):
+        monkeypatch.setattr(ts, "STRANDED_PENALTY", penalty)
+        with pytest.raises(ts.TextDoesNotFit) as refused:
+            ts.fit("Up in it", face, (100, 400), 2, (56, 400), "title")
+        needed.append(refused.value.needed)
+    assert needed[0] == pytest.approx(needed[1]) and needed[0] > 1
     assert ts.tokens("東京 物語") == [("", "東"), ("", "京"), (" ", "物"), ("", "語")]  # CJK breaks anywhere
 
 
