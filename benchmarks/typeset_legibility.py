@@ -1356,14 +1356,20 @@ def reader_alphabet(language: str = "eng") -> frozenset[str] | None:
     """The characters the reader's model can write: the LSTM unicharset inside its traineddata, unpacked with
     tesseract's own combine_tessdata. Debian's English model has é and no other accented letter, so no cover can
     read back "Sørensen" or "Núria" exactly whatever its design. None where the tools cannot say."""
-    listing = subprocess.run(["tesseract", "--list-langs"], capture_output=True, text=True, check=False).stdout
+    try:
+        listing = subprocess.run(["tesseract", "--list-langs"], capture_output=True, text=True, check=False).stdout
+    except OSError:  # no tesseract at all
+        return None
     folder = re.search(r'"([^"]+)"', listing)
     model = Path(folder.group(1)) / f"{language}.traineddata" if folder else None
     if model is None or not model.is_file():
         return None
     with tempfile.TemporaryDirectory() as scratch:
-        done = subprocess.run(["combine_tessdata", "-u", str(model), f"{scratch}/{language}."],
-                              capture_output=True, text=True, check=False)  # fmt: skip
+        try:
+            done = subprocess.run(["combine_tessdata", "-u", str(model), f"{scratch}/{language}."],
+                                  capture_output=True, text=True, check=False)  # fmt: skip
+        except OSError:  # tesseract without its training tools
+            return None
         unicharset = Path(scratch) / f"{language}.lstm-unicharset"
         if done.returncode or not unicharset.is_file():
             return None

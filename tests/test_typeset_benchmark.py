@@ -234,7 +234,9 @@ def test_four_covers_end_to_end(bench: ModuleType, tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("*.png"))) == sum("error" not in r for r in records)
 
 
-def test_a_letter_the_reader_cannot_write_is_scored_as_the_reader_spells_it(bench: ModuleType) -> None:
+def test_a_letter_the_reader_cannot_write_is_scored_as_the_reader_spells_it(
+    bench: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Debian's English model writes é and no other accented letter: "Sørensen" can only come back "Sorensen",
     so the benchmark scores that too (beside the exact figure), and only for the letters outside the alphabet."""
     alphabet = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.'é")
@@ -242,6 +244,11 @@ def test_a_letter_the_reader_cannot_write_is_scored_as_the_reader_spells_it(benc
     assert bench.as_reader_spells("Élodie Kovač Szabó", alphabet) == "Elodie Kovac Szabo"
     assert bench.as_reader_spells("Renée Œrsted Straße", alphabet) == "Renée OErsted Strasse"
     assert bench.as_reader_spells("Renée", None) == "Renée"  # alphabet unknown: exact as given
+    bench.reader_alphabet.cache_clear()
+    monkeypatch.setenv("PATH", "/nonexistent")  # no tesseract, no combine_tessdata: the alphabet is unknown
+    assert bench.reader_alphabet() is None
+    monkeypatch.undo()
+    bench.reader_alphabet.cache_clear()
     record = {"title": "Beyond the Kuiper Belt", "author": "Dr. Elin Sørensen"}
     pending = bench.Pending(record)
     done: Future[str] = Future()
